@@ -1,0 +1,135 @@
+"""The trainable policy: a (4-bit) base with a PEFT LoRA adapter, and the logits the objectives need."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from intro_lite.config import Config
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model.device = 'cuda' but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        # bf16 where the hardware has it; fp32 on the CPU, where bf16 matmuls are slow and lossy.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_policy(cfg: Config, model_path: str):
+    """Base (NF4 via bitsandbytes, or full precision) + a fresh LoRA adapter. Returns (model, tokenizer)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    device = resolve_device(cfg.model.device)
+    dtype = resolve_dtype(cfg.model.dtype, device)
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.model.trust_remote_code}
+    if cfg.model.quantization == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
+        )
+        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    if cfg.model.quantization == "none":
+        model.to(device)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.use_cache = False
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    lora = LoraConfig(
+        r=cfg.lora.rank,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    return model, tokenizer
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def pad_concat(prefixes: list[list[int]], suffixes: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded prefix ⊕ suffix ids, attention mask, and for each suffix token the index of the
+    position whose logits predict it (prefix_len - 1 + t), plus the suffix mask."""
+    lengths = [len(p) + len(s) for p, s in zip(prefixes, suffixes)]
+    B, L, T = len(prefixes), max(lengths), max(len(s) for s in suffixes)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, L), dtype=torch.long)
+    pred_pos = torch.zeros((B, T), dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.float32)
+    for b, (p, s) in enumerate(zip(prefixes, suffixes)):
+        ids[b, : len(p) + len(s)] = torch.tensor(p + s, dtype=torch.long)
+        attn[b, : len(p) + len(s)] = 1
+        pred_pos[b, : len(s)] = torch.arange(len(p) - 1, len(p) - 1 + len(s))
+        mask[b, : len(s)] = 1.0
+    return ids.to(device), attn.to(device), pred_pos.to(device), mask.to(device)
+
+
+def suffix_logits(model, prefixes: list[list[int]], suffixes: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits `[B, T, V]` predicting each suffix token given prefix ⊕ suffix<t, the suffix ids `[B, T]`
+    and mask `[B, T]`. The LM head runs only on suffix positions, so prompt positions cost no V-wide
+    logits. Grad mode is the caller's (wrap in torch.no_grad() for the posterior pass)."""
+    device = next(p for p in model.parameters()).device
+    ids, attn, pred_pos, mask = pad_concat(prefixes, suffixes, pad_id, device)
+    base = model.get_base_model()  # LoRA layers are injected in place, so the adapter stays active
+    hidden = base.model(input_ids=ids, attention_mask=attn).last_hidden_state  # [B, L, H]
+    picked = torch.gather(hidden, 1, pred_pos.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))
+    logits = base.lm_head(picked).float()
+    tokens = torch.zeros_like(pred_pos)
+    for b, s in enumerate(suffixes):
+        tokens[b, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return logits, tokens, mask
+
+
+def save_adapter(model, out_dir: Path) -> Path:
+    """Atomically write the PEFT adapter (safetensors): a kill never leaves a partial `out_dir`."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    _fsync_dir(tmp)
+    if out_dir.exists():
+        old = out_dir.with_name(out_dir.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out_dir)
+    return out_dir
+
+
+def _fsync_dir(path: Path) -> None:
+    for f in Path(path).iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

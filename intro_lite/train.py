@@ -1,0 +1,309 @@
+"""The training loop: sample prompts -> roll out -> grade -> logits -> weight -> step -> sync adapter -> log."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from intro_lite.config import Config, ConfigError, to_toml
+from intro_lite.data import Problem, PromptSampler, load_problems, render_prompt
+from intro_lite.engine import RolloutEngine
+from intro_lite.evaluate import score
+from intro_lite.grading import Grader
+from intro_lite.objectives import get_objective
+from intro_lite.policy import load_policy, resolve_device, resolve_dtype, save_adapter, suffix_logits, trainable_parameters
+
+
+def train(cfg: Config, *, progress: bool = True) -> Path:
+    run_dir = cfg.run_dir
+    prepare_run_dir(cfg)
+    seed_everything(cfg.seed)
+    model_path = resolve_model_path(cfg.model.name_or_path)
+    objective = get_objective(cfg.objective)
+
+    model, tokenizer = load_policy(cfg, model_path)
+    problems, x_ids, xy_ids = tokenize_problems(cfg, tokenizer, load_problems(cfg.data))
+    params = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
+                                  weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    sampler = PromptSampler(len(problems), cfg.seed)
+
+    device = resolve_device(cfg.model.device)
+    engine = RolloutEngine(
+        model_path,
+        max_lora_rank=cfg.lora.rank,
+        max_model_len=cfg.rollout.max_model_len,
+        dtype=str(resolve_dtype(cfg.model.dtype, device)).removeprefix("torch."),
+        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        quantization=None if cfg.rollout.quantization == "none" else cfg.rollout.quantization,
+        seed=cfg.seed,
+        enforce_eager=cfg.rollout.enforce_eager,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+    grader = Grader()
+    version = push_adapter(model, engine, run_dir, version=0)
+    before = run_eval(cfg, engine, grader, tokenizer, "before")
+
+    pad_id = tokenizer.pad_token_id
+    G, P, mb = cfg.rollout.group_size, cfg.train.prompts_per_step, cfg.train.micro_batch_size
+    bar = make_progress(progress)
+    task = bar.add_task("train", total=cfg.train.steps, info="")
+    with bar:
+        for step in range(1, cfg.train.steps + 1):
+            timer = Timer()
+            # 1. sample a batch of prompts
+            idx = sampler.next(P)
+            # 2. roll out G rationales each with the current adapter
+            with timer("rollout"):
+                groups = engine.generate([x_ids[i] for i in idx], n=G, temperature=cfg.rollout.temperature,
+                                         top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
+                                         seed=cfg.seed * 1_000_003 + step)
+            # 3. grade, and keep the correct rationales
+            with timer("grading"):
+                grades = grader.grade([(problems[i].answer, s.text) for i, g in zip(idx, groups) for s in g])
+            rollouts = [(i, s) for i, g in zip(idx, groups) for s in g]
+            correct = [gr.correct for gr in grades]
+            kept = [r for r, c in zip(rollouts, correct) if c] if objective.needs.kept_only else rollouts
+            rewards = torch.tensor([float(c) for r, c in zip(rollouts, correct) if c or not objective.needs.kept_only])
+
+            # 4-5. forward x⊕z with grad, x⊕y⊕z without; the objective weights; backward (accumulated)
+            stats_acc: dict[str, float] = {}
+            loss_total, n_seq = 0.0, len(kept)
+            model.train()
+            for start in range(0, n_seq, mb):
+                chunk, chunk_r = kept[start : start + mb], rewards[start : start + mb]
+                z = [s.token_ids for _, s in chunk]
+                with timer("forward"):
+                    posterior = None
+                    if objective.needs.posterior:
+                        with torch.no_grad():
+                            posterior, _, _ = suffix_logits(model, [xy_ids[i] for i, _ in chunk], z, pad_id)
+                    policy_logits, tokens, mask = suffix_logits(model, [x_ids[i] for i, _ in chunk], z, pad_id)
+                    gen = torch.Generator(device=policy_logits.device).manual_seed(cfg.seed * 7_919 + step * 1_000 + start)
+                    loss, stats = objective(policy_logits=policy_logits, posterior_logits=posterior, tokens=tokens,
+                                            mask=mask, rewards=chunk_r.to(policy_logits.device), cfg=cfg, generator=gen)
+                with timer("backward"):
+                    (loss * len(chunk) / n_seq).backward()
+                loss_total += loss.item() * len(chunk) / n_seq
+                for k, v in stats.items():  # token-count-weighted means across micro-batches
+                    stats_acc[k] = stats_acc.get(k, 0.0) + v * len(chunk) / n_seq
+
+            # 6. optimizer step on the LoRA parameters only
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm).item() if n_seq else 0.0
+            if n_seq:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+
+            # 7. push the new adapter to vLLM
+            with timer("sync"):
+                version = push_adapter(model, engine, run_dir, version=version + 1)
+
+            # 8. log
+            lengths = [len(s.token_ids) for _, s in rollouts]
+            groups_correct = [any(correct[j * G : (j + 1) * G]) for j in range(len(idx))]
+            trained_tokens = sum(len(s.token_ids) for _, s in kept)
+            record = {
+                "step": step,
+                "lr": scheduler.get_last_lr()[0],
+                "rollout_accuracy": sum(correct) / len(correct),
+                "kept_fraction": len(kept) / len(rollouts),
+                "prompts_no_correct": groups_correct.count(False),
+                "mean_length": sum(lengths) / len(lengths),
+                "max_length": max(lengths),
+                "truncated_fraction": sum(s.finish_reason == "length" for _, s in rollouts) / len(rollouts),
+                "grader_timeouts": sum(g.status == "timeout" for g in grades),
+                "loss": loss_total,
+                "grad_norm": grad_norm,
+                **{k: v for k, v in stats_acc.items()},
+                **{f"time_{k}": v for k, v in timer.totals.items()},
+                "tokens_per_second": (sum(lengths) + trained_tokens) / max(timer.elapsed(), 1e-9),
+                "adapter_version": version,
+            }
+            append_jsonl(run_dir / "metrics.jsonl", record)
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step != cfg.train.steps:
+                save_checkpoint(cfg, model, optimizer, scheduler, sampler, step, version)
+            bar.update(task, advance=1, info=f"acc {record['rollout_accuracy']:.2f} len {record['mean_length']:.0f} "
+                                             f"loss {record['loss']:.3f} |g| {grad_norm:.2f}")
+
+    save_checkpoint(cfg, model, optimizer, scheduler, sampler, cfg.train.steps, version)
+    save_adapter(model, run_dir / "final")
+    after = run_eval(cfg, engine, grader, tokenizer, "after")
+    if before and after:
+        summary = {"before": before, "after": after}
+        write_atomic(run_dir / "eval_summary.json", json.dumps(summary, indent=2))
+    grader.close()
+    engine.close()
+    return run_dir
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers, in the order the loop uses them
+
+
+def prepare_run_dir(cfg: Config) -> None:
+    run_dir = cfg.run_dir
+    if (run_dir / "metrics.jsonl").exists():
+        raise ConfigError(f"{run_dir}: a run already exists here; choose another `name` or remove it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.toml", to_toml(cfg))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    if name_or_path == "tiny":
+        from intro_lite.tiny import ensure_tiny_assets
+
+        return str(ensure_tiny_assets().model_dir)
+    return name_or_path
+
+
+def tokenize_problems(cfg: Config, tokenizer, problems: list[Problem]):
+    """Token ids of x (question) and x⊕y (question + answer hint), once; rollouts reuse these ids
+    and the rationale ids vLLM returns, so nothing is ever re-tokenised. Over-long prompts are dropped."""
+    kept, x_ids, xy_ids = [], [], []
+    for p in problems:
+        x = tokenizer(render_prompt(cfg.data.prompt_template, p), add_special_tokens=True)["input_ids"]
+        xy = tokenizer(render_prompt(cfg.data.hint_template, p), add_special_tokens=True)["input_ids"]
+        if len(x) <= cfg.data.max_prompt_tokens:
+            kept.append(p)
+            x_ids.append(x)
+            xy_ids.append(xy)
+    if not kept:
+        raise ConfigError(f"data.max_prompt_tokens = {cfg.data.max_prompt_tokens}: every prompt is longer")
+    return kept, x_ids, xy_ids
+
+
+def lr_lambda(cfg: Config):
+    warm, total, kind = cfg.train.warmup_steps, cfg.train.steps, cfg.train.lr_schedule
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        frac = (step - warm) / max(total - warm, 1)
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+        if kind == "linear":
+            return max(0.0, 1 - frac)
+        return 1.0
+
+    return f
+
+
+def push_adapter(model, engine, run_dir: Path, version: int) -> int:
+    """Save the adapter under a new version dir and hot-swap it into vLLM; drop the previous dir."""
+    path = save_adapter(model, run_dir / "adapters" / f"v{version}")
+    engine.set_adapter(path)
+    old = run_dir / "adapters" / f"v{version - 1}"
+    if old.exists():
+        shutil.rmtree(old)
+    return version
+
+
+def run_eval(cfg: Config, engine, grader, tokenizer, label: str) -> dict | None:
+    if not cfg.eval.source:
+        return None
+    src = cfg.eval.source
+    if src == "tiny":
+        from intro_lite.tiny import ensure_tiny_assets
+
+        src = str(ensure_tiny_assets().test_file)
+    data_cfg = type(cfg.data)(**{**cfg.data.__dict__, "source": src, "levels": [], "exclude_ids_from": ""})
+    problems = load_problems(data_cfg)
+    if cfg.eval.limit:
+        problems = problems[: cfg.eval.limit]
+    ids = [tokenizer(render_prompt(cfg.data.prompt_template, p))["input_ids"] for p in problems]
+    s = score(engine, grader, problems, ids, k=cfg.eval.samples, temperature=cfg.eval.temperature,
+              top_p=cfg.eval.top_p, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.eval.seed)
+    result = {"accuracy": s.accuracy, "mean_length": s.mean_length, "n_problems": s.n_problems, "k": s.k, "counts": s.counts}
+    append_jsonl(cfg.run_dir / "eval.jsonl", {"when": label, **result})
+    return result
+
+
+def save_checkpoint(cfg: Config, model, optimizer, scheduler, sampler, step: int, version: int) -> Path:
+    """`checkpoints/step-N/`: adapter + trainer state, valid only once its COMPLETE marker exists."""
+    ckpt_root = cfg.run_dir / "checkpoints"
+    final = ckpt_root / f"step-{step}"
+    tmp = ckpt_root / f".step-{step}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_adapter(model, tmp / "adapter")
+    state = {
+        "step": step,
+        "adapter_version": version,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "sampler": sampler.state_dict(),
+        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+    }
+    torch.save(state, tmp / "trainer_state.pt")
+    write_atomic(tmp / "COMPLETE", f"{step}\n")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    done = sorted((p for p in ckpt_root.glob("step-*") if (p / "COMPLETE").exists()), key=lambda p: int(p.name[5:]))
+    for old in done[: -cfg.train.keep_checkpoints]:
+        shutil.rmtree(old)
+    return final
+
+
+class Timer:
+    def __init__(self):
+        self.totals: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Span:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.totals[name] = timer.totals.get(name, 0.0) + time.perf_counter() - self.t
+
+        return _Span()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def make_progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled)
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """One whole line per write, fsynced: a kill leaves either the full line or none of it."""
+    line = json.dumps(record) + "\n"
+    with open(path, "a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
