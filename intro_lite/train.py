@@ -19,7 +19,7 @@ from intro_lite.data import Problem, PromptSampler, load_problems, render_prompt
 from intro_lite.engine import RolloutEngine
 from intro_lite.evaluate import score
 from intro_lite.grading import Grader
-from intro_lite.objectives import get_objective
+from intro_lite.objectives import ObjectiveInputs, get_objective
 from intro_lite.policy import load_policy, resolve_device, resolve_dtype, save_adapter, suffix_logits, trainable_parameters
 
 
@@ -90,8 +90,9 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
                             posterior, _, _ = suffix_logits(model, [xy_ids[i] for i, _ in chunk], z, pad_id)
                     policy_logits, tokens, mask = suffix_logits(model, [x_ids[i] for i, _ in chunk], z, pad_id)
                     gen = torch.Generator(device=policy_logits.device).manual_seed(cfg.seed * 7_919 + step * 1_000 + start)
-                    loss, stats = objective(policy_logits=policy_logits, posterior_logits=posterior, tokens=tokens,
-                                            mask=mask, rewards=chunk_r.to(policy_logits.device), cfg=cfg, generator=gen)
+                    inputs = ObjectiveInputs(tokens=tokens, mask=mask, policy_logits=policy_logits,
+                                             posterior_logits=posterior, rewards=chunk_r.to(policy_logits.device))
+                    loss, stats = objective.compute(inputs, **objective_kwargs(cfg), generator=gen)
                 with timer("backward"):
                     (loss * len(chunk) / n_seq).backward()
                 loss_total += loss.item() * len(chunk) / n_seq
@@ -187,6 +188,12 @@ def tokenize_problems(cfg: Config, tokenizer, problems: list[Problem]):
     if not kept:
         raise ConfigError(f"data.max_prompt_tokens = {cfg.data.max_prompt_tokens}: every prompt is longer")
     return kept, x_ids, xy_ids
+
+
+def objective_kwargs(cfg: Config) -> dict:
+    """The objective's own config table (e.g. [intro]) as keyword arguments, if it has one."""
+    section = getattr(cfg, cfg.objective, None)
+    return dict(vars(section)) if section is not None else {}
 
 
 def lr_lambda(cfg: Config):
