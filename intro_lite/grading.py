@@ -1,0 +1,426 @@
+"""Answer grading: the project's only grader, used by both training rewards and eval.
+
+Built on math-verify. All math-verify / sympy work runs in a persistent worker
+process (multiprocessing "spawn" context: the parent holds torch/vLLM threads,
+so forking it is unsafe). The parent enforces a hard wall-clock timeout per item
+and kills + replaces the worker when an item overruns, so a pathological answer
+can cost at most its own timeout and never hang training.
+
+The parent never imports math-verify or sympy; only the worker does.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import multiprocessing as mp
+import os
+import re
+import signal
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+__all__ = ["Grade", "Grader", "extract_boxed"]
+
+log = logging.getLogger(__name__)
+
+# Import of math-verify + sympy and the first regex compile take ~1-2 s (more
+# on a loaded 2-core box); this bounds how long we wait for a fresh worker.
+# It is not charged to any item's timeout.
+_WORKER_STARTUP_TIMEOUT_S = 120.0
+_WORKER_STOP_GRACE_S = 2.0
+
+
+@dataclass(frozen=True)
+class Grade:
+    correct: bool
+    # "ok" | "timeout" | "no_answer" | "bad_gold" | "error"
+    status: str
+    # First parsed element of the completion as a string, or "".
+    pred: str
+
+
+# ---------------------------------------------------------------------------
+# Pure-Python helpers (no math-verify import; safe in the parent)
+# ---------------------------------------------------------------------------
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+
+
+def _matching_brace(text: str, open_pos: int) -> int | None:
+    """Index of the '}' closing the '{' at open_pos, or None if unbalanced.
+
+    A backslash escapes the next character, so literal braces ``\\{``/``\\}``
+    (e.g. ``\\left\\{ ... \\right.``) do not count towards the nesting depth.
+    """
+    depth = 0
+    i = open_pos
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return None
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last complete ``\\boxed{...}`` (or ``\\fbox{...}``), brace-balanced.
+
+    Returns None if there is none. An unterminated box (e.g. a generation cut
+    off inside ``\\boxed{``) is skipped in favour of the previous complete one,
+    which is also what math-verify's extraction ends up doing.
+    """
+    end = len(text)
+    while True:
+        start = max(text.rfind(cmd, 0, end) for cmd in _BOX_COMMANDS)
+        if start < 0:
+            return None
+        cmd_len = len("\\boxed") if text.startswith("\\boxed", start) else len("\\fbox")
+        brace = start + cmd_len
+        while brace < len(text) and text[brace].isspace():
+            brace += 1
+        if brace < len(text) and text[brace] == "{":
+            close = _matching_brace(text, brace)
+            if close is not None:
+                return text[brace + 1 : close]
+        elif brace > start + cmd_len and brace < len(text):
+            # MATH also writes `\boxed 9` (a space, then one token up to `$` or whitespace).
+            m = re.match(r"[^\s$]+", text[brace:])
+            if m:
+                return m.group().rstrip(".,")
+        end = start
+
+
+def _strip_math_delimiters(gold: str) -> str:
+    """Drop surrounding ``$...$`` / ``$$...$$`` from a gold answer (but not an escaped ``\\$``)."""
+    s = gold.strip()
+    while len(s) >= 2 and s.startswith("$") and s.endswith("$") and not s.endswith("\\$"):
+        s = s[1:-1].strip()
+    return s
+
+
+def _internal_timeout_s(timeout_s: float) -> int | None:
+    """Per-operation timeout handed to math-verify's own signal.alarm-based timeouts.
+
+    math-verify only takes whole seconds, and an item runs up to ~4 such
+    operations (gold parse, completion parse, comparisons). Using half the hard
+    budget lets a single slow sympy call be cut in-process (no worker restart).
+    Below 2 s the smallest alarm (1 s) would race the hard kill, so it is
+    disabled and the hard kill alone applies.
+    """
+    internal = int(timeout_s // 2)
+    return internal if internal >= 1 else None
+
+
+# ---------------------------------------------------------------------------
+# Worker process side
+# ---------------------------------------------------------------------------
+
+# Populated by _worker_init inside the worker only.
+_MV: dict[str, Any] = {}
+
+
+def _worker_init() -> None:
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+    from math_verify.errors import TimeoutException
+
+    _MV.update(
+        parse=parse,
+        verify=verify,
+        TimeoutException=TimeoutException,
+        # One shared config for gold and completion: math-verify caches the
+        # compiled extraction regexes with lru_cache(maxsize=1) keyed on the
+        # config, so alternating configs would recompile them on every call.
+        # boxed_match_priority=0 puts \boxed{} ahead of "final answer is $x$"
+        # patterns (default 50 ties them); otherwise the default extraction.
+        config=(LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()),
+    )
+    # Timeouts are reported through Grade.status; math-verify's own warnings
+    # (including "timeout disabled") would only spam the training log.
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    # Warm up: lazy sympy imports, regex compilation, latex grammar.
+    _grade_one("\\frac{1}{2}", "so \\boxed{0.5}", None)
+
+
+@lru_cache(maxsize=4096)
+def _parse_gold(gold: str, internal: int | None) -> list:
+    # Cached because the same gold is graded against many sampled completions.
+    # sympy objects are immutable, so sharing the parsed list is safe.
+    return _MV["parse"](
+        "\\boxed{" + _strip_math_delimiters(gold) + "}",
+        extraction_config=_MV["config"],
+        parsing_timeout=internal,
+        raise_on_error=True,
+    )
+
+
+def _grade_one(gold: str, completion: str, internal: int | None) -> tuple[bool, str, str]:
+    parse, verify, TimeoutExc = _MV["parse"], _MV["verify"], _MV["TimeoutException"]
+
+    try:
+        gold_parsed = _parse_gold(gold, internal)
+    except TimeoutExc:
+        return False, "timeout", ""
+    except Exception:
+        return False, "bad_gold", ""
+    # A gold that yields only math-verify's raw-string fallback (e.g. "}{",
+    # "0.\overline{3}") would be graded by exact string match only: treat as
+    # unparseable so the caller can count and skip it.
+    if not any(not isinstance(g, str) for g in gold_parsed):
+        return False, "bad_gold", ""
+
+    try:
+        pred_parsed = parse(
+            completion,
+            extraction_config=_MV["config"],
+            parsing_timeout=internal,
+            raise_on_error=True,
+        )
+    except TimeoutExc:
+        return False, "timeout", ""
+    if not pred_parsed:
+        return False, "no_answer", ""
+    pred_str = str(pred_parsed[0])
+
+    # Same any-over-product that verify() does on lists, unrolled so an
+    # internal timeout on one pair is visible (verify() would silently turn it
+    # into False) and does not abort the remaining pairs. Gold goes first:
+    # verify is asymmetric (e.g. gold "1<x<2" accepts pred "(1,2)", not vice versa).
+    timed_out = False
+    for g, p in itertools.product(gold_parsed, pred_parsed):
+        try:
+            if verify(g, p, timeout_seconds=internal, raise_on_error=True):
+                return True, "ok", pred_str
+        except TimeoutExc:
+            timed_out = True
+        except Exception:
+            pass  # verify's default behaviour: a failing comparison means "not equal"
+    return False, ("timeout" if timed_out else "ok"), pred_str
+
+
+def _worker_main(conn, internal: int | None, parent_pid: int) -> None:
+    # Ctrl-C reaches the whole process group; the parent decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _worker_init()
+    except BaseException:
+        import traceback
+
+        conn.send(("init_error", traceback.format_exc()))
+        return
+    conn.send(("ready",))
+
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return  # parent went away
+        if msg[0] == "stop":
+            return
+        _, batch_id, items = msg
+        for idx, (gold, completion) in enumerate(items):
+            if os.getppid() != parent_pid:
+                return  # orphaned mid-batch: nobody will read the results
+            try:
+                correct, status, pred = _grade_one(gold, completion, internal)
+            except BaseException:  # noqa: BLE001 - never let one item kill the worker
+                correct, status, pred = False, "error", ""
+            try:
+                conn.send(("result", batch_id, idx, correct, status, pred))
+            except (BrokenPipeError, OSError):
+                return
+
+
+# ---------------------------------------------------------------------------
+# Parent side
+# ---------------------------------------------------------------------------
+
+_live_graders: "weakref.WeakSet[Grader]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_graders() -> None:
+    # Fallback for graders that were never closed; close() is idempotent.
+    for grader in list(_live_graders):
+        grader.close()
+
+
+class _WorkerDied(Exception):
+    pass
+
+
+class Grader:
+    """Grades (gold_answer, completion_text) pairs with math-verify under a hard per-item timeout.
+
+    Owns one lazily started worker process, reused across grade() calls.
+    Use as a context manager (or call close()). Not meant to be shared across
+    threads concurrently; calls are serialised by a lock.
+    """
+
+    def __init__(self, timeout_s: float = 5.0):
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.timeout_s = float(timeout_s)
+        self._internal = _internal_timeout_s(self.timeout_s)
+        self._ctx = mp.get_context("spawn")
+        self._proc = None
+        self._conn = None
+        self._lock = threading.Lock()
+        self._batch_ids = itertools.count()
+        self._closed = False
+        _live_graders.add(self)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def __enter__(self) -> "Grader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._stop_worker()
+        _live_graders.discard(self)
+
+    def _start_worker(self) -> None:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(
+            target=_worker_main,
+            args=(child_conn, self._internal, os.getpid()),
+            name="intro-lite-grader",
+            daemon=True,  # multiprocessing's own atexit also reaps it
+        )
+        proc.start()
+        # Drop our copy of the child's end so a dead worker shows up as EOF.
+        child_conn.close()
+        self._proc, self._conn = proc, parent_conn
+
+        try:
+            if not parent_conn.poll(_WORKER_STARTUP_TIMEOUT_S):
+                raise RuntimeError(
+                    f"grading worker did not start within {_WORKER_STARTUP_TIMEOUT_S:.0f}s"
+                )
+            msg = parent_conn.recv()
+        except (EOFError, OSError) as e:
+            self._kill_worker()
+            raise RuntimeError(f"grading worker died during start-up: {e!r}") from e
+        except BaseException:
+            self._kill_worker()
+            raise
+        if msg[0] != "ready":
+            self._kill_worker()
+            raise RuntimeError(f"grading worker failed to start:\n{msg[1]}")
+
+    def _kill_worker(self) -> None:
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if proc is not None:
+            proc.kill()
+            proc.join(5.0)  # reap: no zombies
+            if proc.exitcode is not None:
+                proc.close()
+        if conn is not None:
+            conn.close()
+
+    def _stop_worker(self) -> None:
+        proc, conn = self._proc, self._conn
+        if proc is None:
+            return
+        try:
+            conn.send(("stop",))
+            proc.join(_WORKER_STOP_GRACE_S)
+        except (OSError, ValueError):
+            pass
+        self._kill_worker()  # no-op kill if it already exited; reaps + closes
+
+    def __del__(self) -> None:
+        # Last resort for a Grader dropped without close(); atexit covers interpreter exit.
+        try:
+            self._kill_worker()
+        except Exception:
+            pass
+
+    # -- grading -------------------------------------------------------------
+
+    def _recv_result(self, deadline: float):
+        """Next message from the worker, or None if the deadline passes first."""
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0 or not self._conn.poll(remaining):
+                return None
+            return self._conn.recv()
+        except (EOFError, OSError) as e:
+            raise _WorkerDied(repr(e)) from e
+
+    def grade(self, items: list[tuple[str, str]]) -> list[Grade]:
+        """Grade (gold_answer, completion_text) pairs; returns one Grade per item, in order."""
+        items = list(items)
+        for gold, completion in items:
+            if not isinstance(gold, str) or not isinstance(completion, str):
+                raise TypeError("items must be (gold: str, completion: str) pairs")
+
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("Grader is closed")
+            try:
+                return self._grade_locked(items)
+            except BaseException:
+                # E.g. KeyboardInterrupt mid-batch: the worker may still be
+                # sending results for this batch, so it cannot be reused.
+                self._kill_worker()
+                raise
+
+    def _grade_locked(self, items: list[tuple[str, str]]) -> list[Grade]:
+        results: list[Grade | None] = [None] * len(items)
+        pos = 0
+        while pos < len(items):
+            if self._proc is not None and not self._proc.is_alive():
+                self._kill_worker()  # died while idle (e.g. OOM-killed): just replace it
+            if self._proc is None:
+                self._start_worker()
+            batch_id = next(self._batch_ids)
+            # One round trip for the whole remainder; results stream back one
+            # by one so each item gets its own deadline.
+            self._conn.send(("grade", batch_id, items[pos:]))
+            batch_start = pos
+            # The worker starts item k right after sending result k-1, so a
+            # deadline counted from when we receive k-1 never shortchanges k.
+            deadline = time.monotonic() + self.timeout_s
+            while pos < len(items):
+                try:
+                    msg = self._recv_result(deadline)
+                except _WorkerDied as e:
+                    log.warning("grading worker died on item %d (%s); restarting", pos, e)
+                    results[pos] = Grade(False, "error", "")
+                    pos += 1
+                    self._kill_worker()
+                    break
+                if msg is None:
+                    log.warning(
+                        "grading item %d exceeded %.1fs; killing worker", pos, self.timeout_s
+                    )
+                    results[pos] = Grade(False, "timeout", "")
+                    pos += 1
+                    self._kill_worker()
+                    break
+                _, got_batch, idx, correct, status, pred = msg
+                if got_batch != batch_id or batch_start + idx != pos:
+                    raise RuntimeError(f"grading worker protocol error: {msg[:3]!r} at item {pos}")
+                results[pos] = Grade(bool(correct), status, pred)
+                pos += 1
+                deadline = time.monotonic() + self.timeout_s
+        return results  # type: ignore[return-value]
