@@ -8,6 +8,7 @@ Every key must exist in the dataclasses below; an unknown key or a wrong type is
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -260,7 +261,7 @@ def validate(cfg: Config) -> None:
     _require(cfg.objective in available(), "objective", f"must be one of {available()}, got {cfg.objective!r}")
     r, t, lo = cfg.rollout, cfg.train, cfg.lora
     _require(r.group_size >= 1, "rollout.group_size", f"must be >= 1, got {r.group_size}")
-    _require(r.temperature > 0, "rollout.temperature", f"must be > 0, got {r.temperature}")
+    _require(0 < r.temperature <= 2, "rollout.temperature", f"must be in (0, 2] (vLLM's range), got {r.temperature}")
     _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     _require(r.max_new_tokens >= 1, "rollout.max_new_tokens", f"must be >= 1, got {r.max_new_tokens}")
     _require(
@@ -293,14 +294,19 @@ def validate(cfg: Config) -> None:
         _require("{question}" in tmpl, f"data.{key}", "must contain {question}")
     _require("{answer}" in cfg.data.hint_template, "data.hint_template", "must contain {answer}")
     for src in [cfg.data.source] if isinstance(cfg.data.source, str) else cfg.data.source:
-        if src != "tiny" and _looks_local(src):
+        if not is_tiny(src) and _looks_local(src):
             _require(Path(src).exists(), "data.source", f"file not found: {src}")
-    if cfg.eval.source not in ("", "tiny") and _looks_local(cfg.eval.source):
+    if cfg.eval.source and not is_tiny(cfg.eval.source) and _looks_local(cfg.eval.source):
         _require(Path(cfg.eval.source).exists(), "eval.source", f"file not found: {cfg.eval.source}")
     _require(cfg.eval.samples >= 1, "eval.samples", f"must be >= 1, got {cfg.eval.samples}")
     _require(cfg.eval.limit >= 0, "eval.limit", f"must be >= 0, got {cfg.eval.limit}")
     if cfg.data.exclude_ids_from:
         _require(Path(cfg.data.exclude_ids_from).is_file(), "data.exclude_ids_from", f"file not found: {cfg.data.exclude_ids_from}")
+
+
+def is_tiny(name: str) -> bool:
+    """`tiny` or `tiny-<preset>`: the embedded demo's model / train split / test split."""
+    return re.fullmatch(r"tiny(-[a-z0-9_]+)?", name) is not None and not Path(name).exists()
 
 
 def _looks_local(source: str) -> bool:

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from intro_lite.config import ConfigError, DataConfig
+from intro_lite.config import ConfigError, DataConfig, is_tiny
 from intro_lite.grading import extract_boxed
 
 
@@ -27,6 +27,15 @@ class LoadReport:
     dropped_level: int = 0
     dropped_excluded: int = 0
     dropped_no_gold: int = 0
+
+
+def tiny_assets(name: str):
+    """`tiny` / `tiny-<preset>` name the embedded demo's model and task (built on first use)."""
+    if not is_tiny(name):
+        return None
+    from intro_lite.tiny import ensure_tiny_assets
+
+    return ensure_tiny_assets(preset="default" if name == "tiny" else name[len("tiny-"):])
 
 
 def _sources(source: str | list[str]) -> list[str]:
@@ -66,10 +75,8 @@ def _level(value) -> int | None:
 def load_problems(cfg: DataConfig, *, source: str | list[str] | None = None, report: LoadReport | None = None) -> list[Problem]:
     """Load, map and filter problems; errors name the file, field or record."""
     source = cfg.source if source is None else source
-    if source == "tiny":
-        from intro_lite.tiny import ensure_tiny_assets
-
-        source = str(ensure_tiny_assets().train_file)
+    if isinstance(source, str) and (tiny := tiny_assets(source)) is not None:
+        source = str(tiny.train_file)
     report = report if report is not None else LoadReport()
     excluded: set[str] = set()
     if cfg.exclude_ids_from:

@@ -45,6 +45,13 @@ def load_policy(cfg: Config, model_path: str):
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     if cfg.model.quantization == "none":
         model.to(device)
+    else:
+        # bitsandbytes repacks 4-bit weights in place for a faster CPU inference kernel the first
+        # time a module runs in eval mode without grad (our posterior pass); that kernel's bias add
+        # breaks the next grad-enabled pass. The trainer keeps the training layout throughout.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from intro_lite.config import Config, ConfigError, to_toml
-from intro_lite.data import Problem, PromptSampler, load_problems, render_prompt
+from intro_lite.data import Problem, PromptSampler, load_problems, render_prompt, tiny_assets
 from intro_lite.engine import RolloutEngine
 from intro_lite.evaluate import score
 from intro_lite.grading import Grader
@@ -77,7 +77,7 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
             rewards = torch.tensor([float(c) for r, c in zip(rollouts, correct) if c or not objective.needs.kept_only])
 
             # 4-5. forward x⊕z with grad, x⊕y⊕z without; the objective weights; backward (accumulated)
-            stats_acc: dict[str, float] = {}
+            stats_acc: dict[str, float | None] = dict.fromkeys(objective.stat_keys)  # null if nothing trained
             loss_total, n_seq = 0.0, len(kept)
             model.train()
             for start in range(0, n_seq, mb):
@@ -96,13 +96,12 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
                 with timer("backward"):
                     (loss * len(chunk) / n_seq).backward()
                 loss_total += loss.item() * len(chunk) / n_seq
-                for k, v in stats.items():  # token-count-weighted means across micro-batches
-                    stats_acc[k] = stats_acc.get(k, 0.0) + v * len(chunk) / n_seq
+                for k, v in stats.items():  # counts (n_*) add up; the rest are sequence-weighted means
+                    stats_acc[k] = (stats_acc.get(k) or 0.0) + (v if k.startswith("n_") else v * len(chunk) / n_seq)
 
             # 6. optimizer step on the LoRA parameters only
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm).item() if n_seq else 0.0
-            if n_seq:
-                optimizer.step()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm).item()
+            optimizer.step()  # parameters without a gradient (nothing kept) are left untouched
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
 
@@ -167,11 +166,8 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    if name_or_path == "tiny":
-        from intro_lite.tiny import ensure_tiny_assets
-
-        return str(ensure_tiny_assets().model_dir)
-    return name_or_path
+    tiny = tiny_assets(name_or_path)
+    return str(tiny.model_dir) if tiny is not None else name_or_path
 
 
 def tokenize_problems(cfg: Config, tokenizer, problems: list[Problem]):
@@ -226,10 +222,8 @@ def run_eval(cfg: Config, engine, grader, tokenizer, label: str) -> dict | None:
     if not cfg.eval.source:
         return None
     src = cfg.eval.source
-    if src == "tiny":
-        from intro_lite.tiny import ensure_tiny_assets
-
-        src = str(ensure_tiny_assets().test_file)
+    if (tiny := tiny_assets(src)) is not None:
+        src = str(tiny.test_file)
     data_cfg = type(cfg.data)(**{**cfg.data.__dict__, "source": src, "levels": [], "exclude_ids_from": ""})
     problems = load_problems(data_cfg)
     if cfg.eval.limit:

@@ -50,6 +50,7 @@ class ObjectiveInputs:
 class Objective(Protocol):
     name: ClassVar[str]
     needs: ClassVar[Needs]
+    stat_keys: ClassVar[tuple[str, ...]]  # the keys of `compute`'s stats, logged as null when nothing trained
 
     def compute(self, inputs: ObjectiveInputs, **config) -> tuple[Tensor, dict[str, float]]: ...
 

@@ -129,6 +129,7 @@ def intro_loss(
 @register("intro")
 class InTRO:
     needs = Needs(policy_grad=True, posterior=True, reference=False, kept_only=True)
+    stat_keys = STAT_KEYS
 
     def compute(
         self,
