@@ -266,7 +266,7 @@ def save_checkpoint(cfg: Config, model, optimizer, scheduler, sampler, step: int
 
 class Timer:
     def __init__(self):
-        self.totals: dict[str, float] = {}
+        self.totals: dict[str, float] = dict.fromkeys(("rollout", "grading", "forward", "backward", "sync"), 0.0)
         self.t0 = time.perf_counter()
 
     def __call__(self, name: str):

@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -13,10 +12,19 @@ def _run_from_repo_root(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def tiny_assets(tmp_path_factory):
-    """The small 'test' preset of the embedded model, built once per session into a private cache."""
+def tiny_assets():
+    """The small 'test' preset of the embedded model (a few seconds to build; accuracy ~0).
+    Both presets live in the user cache ($INTRO_LITE_CACHE or ~/.cache/intro-lite), keyed by a hash
+    of their build parameters, so the runs that resolve `tiny`/`tiny-test` by name find them."""
     from intro_lite.tiny import ensure_tiny_assets
 
-    cache = tmp_path_factory.mktemp("tiny-cache")
-    os.environ["INTRO_LITE_CACHE"] = str(cache)
-    return ensure_tiny_assets(cache, preset="test")
+    return ensure_tiny_assets(preset="test")
+
+
+@pytest.fixture(scope="session")
+def tiny_default_assets():
+    """The demo's own tiny model (about 30% accurate after its warm-up), so end-to-end runs keep
+    real correct rationales. Built once per machine (~2 min on 2 idle cores) in the user cache."""
+    from intro_lite.tiny import ensure_tiny_assets
+
+    return ensure_tiny_assets(preset="default")

@@ -120,21 +120,25 @@ def test_vllm_logprobs_match_trainer_after_a_step(tiny_assets, tmp_path):
         engine.close()
 
 
-def test_tiny_recipe_end_to_end(tiny_assets, tmp_path):
+def test_tiny_recipe_end_to_end(tiny_default_assets, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from intro_lite.train import train
 
-    cfg = tiny_cfg(
-        tmp_path, "name=e2e", "train.steps=2", "train.prompts_per_step=4", "rollout.group_size=2",
-        "rollout.max_new_tokens=40", "eval.limit=6", "eval.max_new_tokens=40", "train.checkpoint_every=1",
-        "train.keep_checkpoints=1",
+    cfg = load_config(
+        "recipes/tiny.toml",
+        [f'output_dir="{tmp_path}"', "name=e2e", "train.steps=2", "train.prompts_per_step=4", "rollout.group_size=4",
+         "rollout.max_new_tokens=96", "eval.limit=6", "eval.max_new_tokens=96", "train.checkpoint_every=1",
+         "train.keep_checkpoints=1"],
     )
     run = train(cfg, progress=False)
     assert run == tmp_path / "e2e"
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2]
+    # The warmed-up tiny model gets some rollouts right, so the InTRO update really ran.
+    assert sum(r["kept_fraction"] for r in lines) > 0
+    assert any(r["loss"] != 0 and r["w_mean"] is not None and r["grad_norm"] > 0 for r in lines)
     for key in ("rollout_accuracy", "kept_fraction", "prompts_no_correct", "mean_length", "max_length", "loss",
                 "grad_norm", "w_mean", "w_gt1_frac", "w_clipped_frac", "entropy", "time_rollout", "time_forward",
                 "time_backward", "time_sync", "tokens_per_second", "adapter_version"):
@@ -149,6 +153,6 @@ def test_tiny_recipe_end_to_end(tiny_assets, tmp_path):
     assert state["step"] == 2
     summary = json.loads((run / "eval_summary.json").read_text())
     assert summary["before"]["n_problems"] == 6 and summary["after"]["n_problems"] == 6
-    base = AutoModelForCausalLM.from_pretrained(tiny_assets.model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_default_assets.model_dir)
     model = PeftModel.from_pretrained(base, run / "final")
     assert any("lora_B" in n for n, _ in model.named_parameters())
