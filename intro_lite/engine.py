@@ -309,6 +309,11 @@ class RolloutEngine:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
         if max_num_seqs is not None:
             kwargs["max_num_seqs"] = max_num_seqs
+        if self._on_cpu:
+            # A chunked prefill discards the token sampled for the partial prompt and rewinds the
+            # request's seeded generator with set_offset, which CPU generators don't support
+            # ("CPU Generator does not use offset"). Whole prompts only: never split a prefill.
+            kwargs["enable_chunked_prefill"] = False
         self.enable_lora = enable_lora
         self.max_lora_rank = supported_max_lora_rank(max_lora_rank) if enable_lora else 0
         if enable_lora:

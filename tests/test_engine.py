@@ -364,3 +364,12 @@ def test_check_lora_compat():
 def test_bitsandbytes_rejected_on_cpu(tiny_model):
     with pytest.raises(ValueError, match="bitsandbytes"):
         RolloutEngine(str(tiny_model), max_lora_rank=8, max_model_len=128, quantization="bitsandbytes")
+
+
+def test_seeded_batch_larger_than_one_scheduler_step(engine):
+    # More prompt tokens than vLLM schedules in one step (4096): with chunked prefill the CPU
+    # backend crashed rewinding a seeded generator ("CPU Generator does not use offset").
+    prompts = [[(7 * i + j) % 300 + 1 for j in range(30)] for i in range(200)]
+    a = engine.generate(prompts, n=1, temperature=0.6, top_p=0.95, max_new_tokens=4, seed=3)
+    b = engine.generate(prompts, n=1, temperature=0.6, top_p=0.95, max_new_tokens=4, seed=3)
+    assert len(a) == 200 and [g[0].token_ids for g in a] == [g[0].token_ids for g in b]
