@@ -71,6 +71,102 @@ def _print_summary(run_dir: Path) -> None:
     Console().print(f"adapter: {run_dir / 'final'}")
 
 
+@app.command("eval")
+def eval_(
+    paths: list[Path] = typer.Argument(None, help="Run dirs (their final/ adapter), or results.json with --compare."),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="Base model (HF name, dir, or tiny): a base row, and the base of every adapter."),
+    adapter: list[Path] = typer.Option(
+        [], "--adapter", help="PEFT adapter dir; on the base in its adapter_config.json unless --model (repeatable)."),
+    benchmarks: str = typer.Option(
+        "paper", "--benchmarks", help="Comma list: names, presets (paper, all), tiny, .jsonl files, HF datasets."),
+    limit: int = typer.Option(0, "--limit", help="First N problems of each benchmark (0 = all)."),
+    k: list[str] = typer.Option([], "--k", help="Samples for one benchmark: --k amc23=8 (repeatable)."),
+    samples: Optional[int] = typer.Option(
+        None, "--samples", help="Samples per problem, every benchmark (default 1; 32 for AMC23/AIME)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: [eval] max_new_tokens."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Default: 0.6 ([eval] temperature)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Default: 0.95 ([eval] top_p)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Default: [eval] seed."),
+    prompt_template: Optional[str] = typer.Option(
+        None, "--prompt-template", help="Default: [data] prompt_template, no chat template. \\n is a newline."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Directory for results.json and samples.jsonl (default runs/eval/<timestamp>)."),
+    compare: bool = typer.Option(False, "--compare", help="Re-render the tables from saved results.json files."),
+    data_dir: Path = typer.Option(Path("../shared/data/eval"), "--data-dir", help="Files of the named benchmarks."),
+    maj: bool = typer.Option(False, "--maj", help="Also report maj@k (majority answer, grouped by the grader)."),
+    field: list[str] = typer.Option(
+        [], "--field", help="Fields of file/HF benchmarks: problem=, answer=, solution=, id=, split= (repeatable)."),
+) -> None:
+    """Score models and adapters on math benchmarks; print the paper's Table 1 for them side by side."""
+    import datetime
+    import sys
+
+    from intro_lite import evaluate as ev
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep vLLM's start-up log from burying the table
+    # Piped output (a log file) gets room for the whole table instead of rich's 80-column default.
+    screen = Console() if sys.stdout.isatty() or os.environ.get("COLUMNS") else Console(width=200)
+    paths = list(paths or [])
+    try:
+        if compare:
+            if not paths or model or adapter or out:
+                _fail("--compare takes results.json files as arguments, and no --model/--adapter/--out")
+            merged = ev.load_results(paths)
+            diffs = ev.config_differences(merged["configs"])
+            if diffs:
+                _warn(f"results differ in protocol: {', '.join(diffs)}")
+            ev.render(merged, screen)
+            return
+        from intro_lite.benchmarks import FIELD_KEYS, expand
+
+        settings = ev.default_settings()
+        settings.benchmarks = expand(benchmarks)
+        template = prompt_template.replace("\\n", "\n") if prompt_template is not None else None
+        for key, value in [("temperature", temperature), ("top_p", top_p), ("max_new_tokens", max_new_tokens),
+                           ("seed", seed), ("prompt_template", template)]:
+            if value is not None:
+                setattr(settings, key, value)
+        settings.limit, settings.maj, settings.data_dir = limit, maj, str(data_dir)
+        settings.fields = dict(_pair(f, "--field", str) for f in field)
+        if bad := sorted(set(settings.fields) - set(FIELD_KEYS)):
+            _fail(f"--field {bad[0]}=...: unknown key (known: {', '.join(FIELD_KEYS)})")
+        overrides = dict(_pair(x, "--k", int) for x in k)
+        checks = [(limit >= 0, f"--limit must be >= 0, got {limit}"),
+                  (samples is None or samples >= 1, f"--samples must be >= 1, got {samples}"),
+                  (all(v >= 1 for v in overrides.values()), "--k values must be >= 1"),
+                  (0 <= settings.temperature <= 2, f"--temperature must be in [0, 2], got {settings.temperature}"),
+                  (0 < settings.top_p <= 1, f"--top-p must be in (0, 1], got {settings.top_p}"),
+                  (settings.max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {settings.max_new_tokens}"),
+                  ("{question}" in settings.prompt_template, "--prompt-template must contain {question}")]
+        for ok, msg in checks:
+            if not ok:
+                _fail(msg)
+        settings.k = ev.resolve_k(settings.benchmarks, samples, overrides, settings.fields)
+        targets = ev.resolve_targets(paths, model, list(adapter), warn=_warn)
+        out = out or Path("runs/eval") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        results = ev.run(settings, targets, out, console=console)
+    except ConfigError as e:
+        _fail(str(e))
+        return
+    ev.render(results, screen)
+    screen.print(f"results: {out / 'results.json'}  samples: {out / 'samples.jsonl'}", highlight=False, soft_wrap=True)
+
+
+def _warn(msg: str) -> None:
+    console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False, soft_wrap=True)
+
+
+def _pair(text: str, option: str, cast):
+    key, sep, value = text.partition("=")
+    try:
+        if not sep or not key.strip():
+            raise ValueError
+        return key.strip(), cast(value.strip())
+    except ValueError:
+        _fail(f"{option} {text!r}: expected name=value" + (" with an integer value" if cast is int else ""))
+
+
 def main() -> None:
     app()
 
