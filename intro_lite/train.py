@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -19,7 +20,8 @@ from intro_lite.data import Problem, PromptSampler, load_problems, render_prompt
 from intro_lite.engine import RolloutEngine
 from intro_lite.evaluate import score
 from intro_lite.grading import Grader
-from intro_lite.objectives import ObjectiveInputs, get_objective
+from intro_lite.objectives.baselines import cut_before_marker, segment_boundaries, select_prefix_points, token_entropy
+from intro_lite.objectives import BatchInfo, ObjectiveInputs, get_objective, needs_of
 from intro_lite.policy import load_policy, resolve_device, resolve_dtype, save_adapter, suffix_logits, trainable_parameters
 
 
@@ -29,6 +31,8 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
     seed_everything(cfg.seed)
     model_path = resolve_model_path(cfg.model.name_or_path)
     objective = get_objective(cfg.objective)
+    okw = cfg.objective_kwargs()
+    needs = needs_of(objective, **okw)
 
     model, tokenizer = load_policy(cfg, model_path)
     problems, x_ids, xy_ids = tokenize_problems(cfg, tokenizer, load_problems(cfg.data))
@@ -68,36 +72,32 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
                 groups = engine.generate([x_ids[i] for i in idx], n=G, temperature=cfg.rollout.temperature,
                                          top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
                                          seed=cfg.seed * 1_000_003 + step)
-            # 3. grade, and keep the correct rationales
+            # 3. grade; the objective decides which rows it trains on (correct only, all, gold solutions)
             with timer("grading"):
                 grades = grader.grade([(problems[i].answer, s.text) for i, g in zip(idx, groups) for s in g])
             rollouts = [(i, s) for i, g in zip(idx, groups) for s in g]
             correct = [gr.correct for gr in grades]
-            kept = [r for r, c in zip(rollouts, correct) if c] if objective.needs.kept_only else rollouts
-            rewards = torch.tensor([float(c) for r, c in zip(rollouts, correct) if c or not objective.needs.kept_only])
+            rows = make_rows(cfg, needs, tokenizer, problems, idx, rollouts, correct, x_ids, xy_ids)
+            batch = BatchInfo(lengths=torch.tensor([r.n_loss for r in rows]), rewards=torch.tensor([r.reward for r in rows]),
+                              group_ids=torch.tensor([r.group for r in rows]))
 
-            # 4-5. forward x⊕z with grad, x⊕y⊕z without; the objective weights; backward (accumulated)
+            # 4-5. forward passes the objective needs; its loss; backward, accumulated over micro-batches
             stats_acc: dict[str, float | None] = dict.fromkeys(objective.stat_keys)  # null if nothing trained
-            loss_total, n_seq = 0.0, len(kept)
+            loss_total, n_rows = 0.0, len(rows)
             model.train()
-            for start in range(0, n_seq, mb):
-                chunk, chunk_r = kept[start : start + mb], rewards[start : start + mb]
-                z = [s.token_ids for _, s in chunk]
+            for c, chunk in enumerate(micro_batches(rows, mb, whole_groups=needs.whole_groups)):
                 with timer("forward"):
-                    posterior = None
-                    if objective.needs.posterior:
-                        with torch.no_grad():
-                            posterior, _, _ = suffix_logits(model, [xy_ids[i] for i, _ in chunk], z, pad_id)
-                    policy_logits, tokens, mask = suffix_logits(model, [x_ids[i] for i, _ in chunk], z, pad_id)
-                    gen = torch.Generator(device=policy_logits.device).manual_seed(cfg.seed * 7_919 + step * 1_000 + start)
-                    inputs = ObjectiveInputs(tokens=tokens, mask=mask, policy_logits=policy_logits,
-                                             posterior_logits=posterior, rewards=chunk_r.to(policy_logits.device))
-                    loss, stats = objective.compute(inputs, **objective_kwargs(cfg), generator=gen)
+                    inputs = forward_passes(model, needs, okw, chunk, pad_id, tokenizer, problems, cfg)
+                    inputs.batch = batch if needs.batch_totals else None
+                    gen = torch.Generator(device=inputs.policy_logits.device).manual_seed(cfg.seed * 7_919 + step * 1_000 + c)
+                    loss, stats = objective.compute(inputs, **okw, generator=gen)
+                # Objectives with batch totals return their share of the full-batch loss; the others a row mean.
+                share = 1.0 if needs.batch_totals else len(chunk) / n_rows
                 with timer("backward"):
-                    (loss * len(chunk) / n_seq).backward()
-                loss_total += loss.item() * len(chunk) / n_seq
-                for k, v in stats.items():  # counts (n_*) add up; the rest are sequence-weighted means
-                    stats_acc[k] = (stats_acc.get(k) or 0.0) + (v if k.startswith("n_") else v * len(chunk) / n_seq)
+                    (loss * share).backward()
+                loss_total += loss.item() * share
+                for k, v in stats.items():  # counts (n_*) add up; the rest are row-weighted means
+                    stats_acc[k] = (stats_acc.get(k) or 0.0) + (v if k.startswith("n_") else v * len(chunk) / n_rows)
 
             # 6. optimizer step on the LoRA parameters only
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm).item()
@@ -112,12 +112,12 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
             # 8. log
             lengths = [len(s.token_ids) for _, s in rollouts]
             groups_correct = [any(correct[j * G : (j + 1) * G]) for j in range(len(idx))]
-            trained_tokens = sum(len(s.token_ids) for _, s in kept)
+            trained_tokens = sum(r.n_loss for r in rows)
             record = {
                 "step": step,
                 "lr": scheduler.get_last_lr()[0],
                 "rollout_accuracy": sum(correct) / len(correct),
-                "kept_fraction": len(kept) / len(rollouts),
+                "kept_fraction": len(rows) / len(rollouts),
                 "prompts_no_correct": groups_correct.count(False),
                 "mean_length": sum(lengths) / len(lengths),
                 "max_length": max(lengths),
@@ -173,23 +173,126 @@ def resolve_model_path(name_or_path: str) -> str:
 def tokenize_problems(cfg: Config, tokenizer, problems: list[Problem]):
     """Token ids of x (question) and x⊕y (question + answer hint), once; rollouts reuse these ids
     and the rationale ids vLLM returns, so nothing is ever re-tokenised. Over-long prompts are dropped."""
-    kept, x_ids, xy_ids = [], [], []
-    for p in problems:
-        x = tokenizer(render_prompt(cfg.data.prompt_template, p), add_special_tokens=True)["input_ids"]
-        xy = tokenizer(render_prompt(cfg.data.hint_template, p), add_special_tokens=True)["input_ids"]
-        if len(x) <= cfg.data.max_prompt_tokens:
-            kept.append(p)
-            x_ids.append(x)
-            xy_ids.append(xy)
+    # One batched call per template: the fast tokenizer encodes the whole dataset in parallel.
+    xs = tokenizer([render_prompt(cfg.data.prompt_template, p) for p in problems])["input_ids"]
+    xys = tokenizer([render_prompt(cfg.data.hint_template, p) for p in problems])["input_ids"]
+    keep = [j for j, x in enumerate(xs) if len(x) <= cfg.data.max_prompt_tokens]
+    kept, x_ids, xy_ids = [problems[j] for j in keep], [xs[j] for j in keep], [xys[j] for j in keep]
     if not kept:
         raise ConfigError(f"data.max_prompt_tokens = {cfg.data.max_prompt_tokens}: every prompt is longer")
     return kept, x_ids, xy_ids
 
 
-def objective_kwargs(cfg: Config) -> dict:
-    """The objective's own config table (e.g. [intro]) as keyword arguments, if it has one."""
-    section = getattr(cfg, cfg.objective, None)
-    return dict(vars(section)) if section is not None else {}
+@dataclass
+class Row:
+    """One training sequence: prefix x (and x⊕y) ids, suffix ids, and what the objective reads."""
+
+    prompt: int  # problem index
+    group: int  # rows of one prompt in this step share it
+    x: list[int]  # question prompt ids
+    xy: list[int]  # question + answer-hint prompt ids
+    suffix: list[int]  # rationale ids from the rollout (or z* for SFT, z_cut ⊕ y for LaTRO)
+    n_loss: int  # leading suffix tokens in the loss mask (the rest, if any, are LaTRO's y)
+    reward: float
+
+
+def make_rows(cfg: Config, needs, tokenizer, problems, idx, rollouts, correct, x_ids, xy_ids) -> list[Row]:
+    if needs.gold_solution:  # SFT: the dataset's golden solution, the only text tokenised into a suffix
+        eos = [tokenizer.eos_token_id]
+        return [Row(i, g, x_ids[i], xy_ids[i], ids + eos, len(ids) + 1, 1.0)
+                for g, i in enumerate(idx) if (ids := tokenizer(problems[i].solution, add_special_tokens=False)["input_ids"])]
+    G = cfg.rollout.group_size
+    rows = [Row(i, j // G, x_ids[i], xy_ids[i], list(s.token_ids), len(s.token_ids), float(c))
+            for j, ((i, s), c) in enumerate(zip(rollouts, correct)) if c or not needs.kept_only]
+    if needs.answer_suffix:  # LaTRO: cut z before its answer marker (keeping the rollout's own ids), append y
+        okw = cfg.objective_kwargs()
+        for r in rows:
+            keep = cut_before_marker([tokenizer.decode([t]) for t in r.suffix], okw["answer_markers"])
+            y = tokenizer(okw["answer_template"].format(answer=problems[r.prompt].answer), add_special_tokens=False)["input_ids"]
+            r.suffix, r.n_loss = r.suffix[:keep] + y, keep
+    return rows
+
+
+def micro_batches(rows: list[Row], size: int, *, whole_groups: bool):
+    """Chunks of at most `size` rows; with `whole_groups`, never split a prompt's rows (at least one group)."""
+    if not whole_groups:
+        yield from (rows[i : i + size] for i in range(0, len(rows), size))
+        return
+    chunk: list[Row] = []
+    for group in itertools.groupby(rows, key=lambda r: r.group):
+        members = list(group[1])
+        if chunk and len(chunk) + len(members) > size:
+            yield chunk
+            chunk = []
+        chunk += members
+    if chunk:
+        yield chunk
+
+
+def forward_passes(model, needs, okw: dict, chunk: list[Row], pad_id: int, tokenizer, problems, cfg: Config) -> ObjectiveInputs:
+    """Run the passes `needs` declares for one micro-batch: policy (grad), answer-conditioned,
+    reference (adapter off), IAPO's answer probe, RePro's prefix scores. All no-grad except the first."""
+    x = [r.x for r in chunk]
+    suffixes = [r.suffix for r in chunk]
+    logits, tokens, full_mask = suffix_logits(model, x, suffixes, pad_id)
+    n_loss = torch.tensor([r.n_loss for r in chunk], device=logits.device)
+    pos = torch.arange(tokens.shape[1], device=logits.device)
+    mask = (pos[None, :] < n_loss[:, None]).float() * full_mask
+    inputs = ObjectiveInputs(tokens=tokens, mask=mask, policy_logits=logits,
+                             rewards=torch.tensor([r.reward for r in chunk], device=logits.device),
+                             group_ids=torch.tensor([r.group for r in chunk], device=logits.device),
+                             max_completion_length=cfg.rollout.max_new_tokens)
+    if needs.answer_suffix:
+        inputs.answer_mask = full_mask - mask
+    with torch.no_grad():
+        if needs.posterior:
+            inputs.posterior_logits, _, _ = suffix_logits(model, [r.xy for r in chunk], suffixes, pad_id)
+        if needs.reference:
+            with model.disable_adapter():
+                ref, _, _ = suffix_logits(model, x, suffixes, pad_id)
+            inputs.reference_logprobs = torch.log_softmax(ref, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+            del ref
+        if needs.answer_entropy_probe:
+            inputs.probe_entropy = answer_probe_entropy(model, x, chunk, tokenizer, okw["probe_marker"], pad_id, tokens.shape)
+        if needs.prefix_scores:
+            inputs.prefix_positions, inputs.prefix_scores = prefix_scores(model, x, chunk, tokenizer, problems, okw,
+                                                                         logits, mask, pad_id)
+    return inputs
+
+
+def answer_probe_entropy(model, x, chunk, tokenizer, marker: str, pad_id: int, shape) -> torch.Tensor:
+    """IAPO last_token: entropy at the first answer position of x ⊕ z<t ⊕ marker, for every t."""
+    marker_ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
+    out = torch.zeros(shape)
+    for b, (prefix, r) in enumerate(zip(x, chunk)):
+        heads = [prefix + r.suffix[:t] for t in range(r.n_loss)]
+        for start in range(0, len(heads), 32):
+            part = heads[start : start + 32]
+            logits, _, _ = suffix_logits(model, part, [marker_ids] * len(part), pad_id)
+            last = torch.log_softmax(logits[:, len(marker_ids) - 1], -1)
+            out[b, start : start + len(part)] = -(last.exp() * last).sum(-1).cpu()
+    return out.to(next(model.parameters()).device)
+
+
+def prefix_scores(model, x, chunk, tokenizer, problems, okw: dict, policy_logits, mask, pad_id: int):
+    """RePro: J̃_p = mean log-prob of the gold answer's tokens after x ⊕ z[:p], at 0, the top-k
+    entropy segment boundaries and |z| (docs/objectives.md)."""
+    entropy = token_entropy(policy_logits, mask)
+    points_all, scores_all = [], []
+    for b, (prefix, r) in enumerate(zip(x, chunk)):
+        boundary = torch.tensor(segment_boundaries([tokenizer.decode([t]) for t in r.suffix[: r.n_loss]], okw["boundary_markers"])
+                                + [False] * (entropy.shape[1] - r.n_loss))
+        points = select_prefix_points(entropy[b].cpu(), boundary, r.n_loss, k=okw["top_k"]).tolist()
+        answer = tokenizer(okw["answer_template"].format(answer=problems[r.prompt].answer), add_special_tokens=False)["input_ids"]
+        logits, tokens, amask = suffix_logits(model, [prefix + r.suffix[:p] for p in points], [answer] * len(points), pad_id)
+        lp = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        points_all.append(points)
+        scores_all.append(((lp * amask).sum(1) / amask.sum(1)).tolist())
+    P = max(len(p) for p in points_all)
+    positions = torch.tensor([p + [-1] * (P - len(p)) for p in points_all])
+    scores = torch.tensor([s + [0.0] * (P - len(s)) for s in scores_all])
+    device = policy_logits.device
+    return positions.to(device), scores.to(device)
 
 
 def lr_lambda(cfg: Config):
