@@ -357,6 +357,11 @@ def validate(cfg: Config) -> None:
         f"must exceed data.max_prompt_tokens ({cfg.data.max_prompt_tokens}), got {r.max_model_len}",
     )
     _require(0 < r.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", "must be in (0, 1]")
+    if r.quantization != "none":
+        import torch
+
+        on_gpu = cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available())
+        _require(on_gpu, "rollout.quantization", f"= {r.quantization!r} needs a CUDA GPU (vLLM's CPU backend can't run it)")
     _require(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
     _require(t.prompts_per_step >= 1, "train.prompts_per_step", f"must be >= 1, got {t.prompts_per_step}")
     _require(t.micro_batch_size >= 1, "train.micro_batch_size", f"must be >= 1, got {t.micro_batch_size}")

@@ -57,6 +57,9 @@ def test_int_widens_to_float_but_not_the_reverse(tmp_path):
         ("train = 3\n", r"'train' must be a table"),
         ("[train\nlr = 1\n", r"r.toml: malformed TOML"),
         ("[lora]\nrank = 1000\n", r"'lora'"),
+        ("[lora]\ntarget_modules = ['lm_head']\n", r"'lora'.*lm_head"),
+        ("[rollout]\nquantization = 'bitsandbytes'\n", r"'rollout.quantization' = 'bitsandbytes' needs a CUDA GPU"),
+        ("objective = 'ppo'\n", r"'objective' must be one of"),
     ],
 )
 def test_bad_recipe_is_a_one_line_error_naming_the_key(tmp_path, text, pattern):
