@@ -32,6 +32,7 @@ def train(
     output: Optional[Path] = typer.Option(None, "--output", help="Directory for runs (default: output_dir key)."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default: name key)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Disable the progress bar."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from its latest complete checkpoint."),
 ) -> None:
     """Train a LoRA adapter with the recipe's objective (InTRO by default)."""
     overrides = list(set_)
@@ -43,7 +44,7 @@ def train(
         cfg = load_config(recipe, overrides)
         from intro_lite.train import train as run_train
 
-        run_dir = run_train(cfg, progress=not no_progress)
+        run_dir = run_train(cfg, progress=not no_progress, resume=resume)
     except ConfigError as e:
         _fail(str(e))
         return

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
 import os
 import random
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from intro_lite.config import Config, ConfigError, to_toml
+from intro_lite.config import Config, ConfigError, load_config, to_toml
 from intro_lite.data import Problem, PromptSampler, load_problems, render_prompt, tiny_assets
 from intro_lite.engine import RolloutEngine
 from intro_lite.evaluate import score
@@ -25,9 +27,10 @@ from intro_lite.objectives import BatchInfo, ObjectiveInputs, get_objective, nee
 from intro_lite.policy import load_policy, resolve_device, resolve_dtype, save_adapter, suffix_logits, trainable_parameters
 
 
-def train(cfg: Config, *, progress: bool = True) -> Path:
+def train(cfg: Config, *, progress: bool = True, resume: bool = False) -> Path:
     run_dir = cfg.run_dir
-    prepare_run_dir(cfg)
+    prepare_run_dir(cfg, resume=resume)
+    ckpt = latest_checkpoint(cfg) if resume else None
     seed_everything(cfg.seed)
     model_path = resolve_model_path(cfg.model.name_or_path)
     objective = get_objective(cfg.objective)
@@ -55,15 +58,16 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
         trust_remote_code=cfg.model.trust_remote_code,
     )
     grader = Grader()
-    version = push_adapter(model, engine, run_dir, version=0)
-    before = run_eval(cfg, engine, grader, tokenizer, "before")
+    start, version = restore_checkpoint(ckpt, model, optimizer, scheduler, sampler) if ckpt else (0, 0)
+    version = push_adapter(model, engine, run_dir, version=version)
+    before = run_eval(cfg, engine, grader, tokenizer, "before") if start == 0 else previous_eval(cfg, "before")
 
     pad_id = tokenizer.pad_token_id
     G, P, mb = cfg.rollout.group_size, cfg.train.prompts_per_step, cfg.train.micro_batch_size
     bar = make_progress(progress)
-    task = bar.add_task("train", total=cfg.train.steps, info="")
+    task = bar.add_task("train", total=cfg.train.steps, completed=start, info="")
     with bar:
-        for step in range(1, cfg.train.steps + 1):
+        for step in range(start + 1, cfg.train.steps + 1):
             timer = Timer()
             # 1. sample a batch of prompts
             idx = sampler.next(P)
@@ -133,6 +137,8 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
             append_jsonl(run_dir / "metrics.jsonl", record)
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step != cfg.train.steps:
                 save_checkpoint(cfg, model, optimizer, scheduler, sampler, step, version)
+            if os.environ.get("INTRO_LITE_FAULT_AFTER_STEP") == str(step):  # fault injection for resume tests
+                os.kill(os.getpid(), signal.SIGKILL)
             bar.update(task, advance=1, info=f"acc {record['rollout_accuracy']:.2f} len {record['mean_length']:.0f} "
                                              f"loss {record['loss']:.3f} |g| {grad_norm:.2f}")
 
@@ -151,12 +157,30 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
 # Helpers, in the order the loop uses them
 
 
-def prepare_run_dir(cfg: Config) -> None:
+def prepare_run_dir(cfg: Config, *, resume: bool = False) -> None:
     run_dir = cfg.run_dir
+    if resume:
+        if not (run_dir / "config.toml").exists():
+            raise ConfigError(f"--resume: no run at {run_dir}")
+        saved = load_config(run_dir / "config.toml")
+        diff = first_difference(dataclasses.asdict(saved), dataclasses.asdict(cfg))
+        if diff:
+            raise ConfigError(f"--resume: {run_dir}/config.toml has {diff}; resume with the run's own config")
+        return
     if (run_dir / "metrics.jsonl").exists():
-        raise ConfigError(f"{run_dir}: a run already exists here; choose another `name` or remove it")
+        raise ConfigError(f"{run_dir}: a run already exists here; use --resume, another `name`, or remove it")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.toml", to_toml(cfg))
+
+
+def first_difference(a: dict, b: dict, prefix: str = "") -> str:
+    for key in a:
+        if isinstance(a[key], dict):
+            if diff := first_difference(a[key], b[key], f"{prefix}{key}."):
+                return diff
+        elif a[key] != b[key]:
+            return f"{prefix}{key} = {a[key]!r}, not {b[key]!r}"
+    return ""
 
 
 def seed_everything(seed: int) -> None:
@@ -354,9 +378,11 @@ def save_checkpoint(cfg: Config, model, optimizer, scheduler, sampler, step: int
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "sampler": sampler.state_dict(),
-        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+        # Plain ints and tensors only, so the state loads with torch.load(weights_only=True).
+        "rng": {"python": _python_rng_state(), "numpy": _numpy_rng_state(), "torch": torch.get_rng_state()},
     }
     torch.save(state, tmp / "trainer_state.pt")
+    _fsync_file(tmp / "trainer_state.pt")
     write_atomic(tmp / "COMPLETE", f"{step}\n")
     if final.exists():
         shutil.rmtree(final)
@@ -365,6 +391,60 @@ def save_checkpoint(cfg: Config, model, optimizer, scheduler, sampler, step: int
     for old in done[: -cfg.train.keep_checkpoints]:
         shutil.rmtree(old)
     return final
+
+
+def latest_checkpoint(cfg: Config) -> Path:
+    """The newest complete checkpoint (its COMPLETE marker written last); partial ones are ignored."""
+    root = cfg.run_dir / "checkpoints"
+    done = sorted((p for p in root.glob("step-*") if (p / "COMPLETE").exists()), key=lambda p: int(p.name[5:]))
+    if not done:
+        raise ConfigError(f"--resume: {root} has no complete checkpoint")
+    return done[-1]
+
+
+def restore_checkpoint(ckpt: Path, model, optimizer, scheduler, sampler) -> tuple[int, int]:
+    """Adapter weights, optimizer, scheduler, data cursor and RNGs; metrics after the checkpoint are dropped."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(ckpt / "adapter" / "adapter_model.safetensors"))
+    set_peft_model_state_dict(model, weights)
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    sampler.load_state_dict(state["sampler"])
+    rng = state["rng"]
+    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+    np.random.set_state(("MT19937", np.array(rng["numpy"][0], dtype=np.uint32), *rng["numpy"][1:]))
+    torch.set_rng_state(rng["torch"])
+    metrics = ckpt.parent.parent / "metrics.jsonl"
+    if metrics.exists():
+        kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= state["step"]]
+        write_atomic(metrics, "".join(line + "\n" for line in kept))
+    return state["step"], state["adapter_version"]
+
+
+def previous_eval(cfg: Config, label: str) -> dict | None:
+    path = cfg.run_dir / "eval.jsonl"
+    if not path.exists():
+        return None
+    found = [json.loads(line) for line in path.read_text().splitlines() if json.loads(line)["when"] == label]
+    return {k: v for k, v in found[-1].items() if k != "when"} if found else None
+
+
+def _python_rng_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _numpy_rng_state() -> list:
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return [keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 class Timer:
