@@ -122,13 +122,12 @@ class GrpoConfig:
 
 
 @dataclass
-class DrGrpoConfig:
+class DrGrpoConfig(GrpoConfig):
+    """GRPO's keys with Dr. GRPO's defaults: no std scaling, `dr_grpo` aggregation, no KL."""
+
     beta: float = 0.0
-    epsilon: float = 0.2
-    epsilon_high: float = 0.0
     loss_aggregation: Literal["grpo", "bnpo", "dr_grpo"] = "dr_grpo"
     scale_rewards: bool = False
-    std_eps: float = 1e-4
 
 
 @dataclass
