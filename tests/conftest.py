@@ -23,8 +23,8 @@ def tiny_assets():
 
 @pytest.fixture(scope="session")
 def tiny_default_assets():
-    """The demo's own tiny model (about 30% accurate after its warm-up), so end-to-end runs keep
-    real correct rationales. Built once per machine (~2 min on 2 idle cores) in the user cache."""
+    """The demo's own tiny model (about 20-27% accurate after its warm-up), so end-to-end runs keep
+    real correct rationales. Built once per machine (~2.5 min on 2 idle cores) in the user cache."""
     from intro_lite.tiny import ensure_tiny_assets
 
     return ensure_tiny_assets(preset="default")

@@ -159,6 +159,73 @@ def test_encode_example_masks_prompt(records, tokenizer):
     assert ids[-1] == tokenizer.eos_token_id
 
 
+def test_warmup_data_mixes_exact_hint_prompts_with_unchanged_plain_ones(records, tokenizer):
+    """A share of the warm-up prompts is x ⊕ y rendered exactly as the trainer renders it
+    (its default template and its own render function); the rest are the unchanged x → z
+    examples; the target is always the record's solution and only it is trained on."""
+    from intro_lite.config import DataConfig
+    from intro_lite.data import Problem, render_prompt
+
+    data_cfg = DataConfig()
+    assert tiny.HINT_TEMPLATE == data_cfg.hint_template
+    assert tiny.PROMPT_TEMPLATE == data_cfg.prompt_template
+    train = records["train"]
+    before = json.dumps(train)
+    examples = tiny.warmup_examples(train, hint_fraction=0.4, seed=0)
+    assert json.dumps(train) == before  # records untouched
+    assert len(examples) == len(train)
+
+    n_hinted = 0
+    for ex, r in zip(examples, train):
+        assert ex["solution"] == r["solution"] and ex["style"] == r["style"]
+        as_trained = Problem(id=r["unique_id"], question=r["problem"], answer=extract_boxed(r["solution"]))
+        if ex["hinted"]:
+            n_hinted += 1
+            assert ex["prompt"] == render_prompt(data_cfg.hint_template, as_trained)
+            assert ex["prompt"] == (
+                f"{r['problem']}\nThe final answer is {r['answer']}. Let me justify it step by step.\n"
+            )
+        else:
+            assert ex["prompt"] == render_prompt(data_cfg.prompt_template, as_trained) == r["problem"] + "\n"
+    # Stratified by style: exactly the fraction of each style, so both groups stay ~50/50.
+    for style in ("concise", "verbose"):
+        n_style = sum(r["style"] == style for r in train)
+        assert sum(ex["hinted"] for ex in examples if ex["style"] == style) == round(0.4 * n_style)
+    assert n_hinted == pytest.approx(0.4 * len(train), abs=1)
+    hinted = [ex for ex in examples if ex["hinted"]]
+    assert 0.4 < sum(ex["style"] == "concise" for ex in hinted) / len(hinted) < 0.6
+
+    assert tiny.warmup_examples(train, hint_fraction=0.4, seed=0) == examples  # deterministic
+    assert not any(ex["hinted"] for ex in tiny.warmup_examples(train, hint_fraction=0.0, seed=0))
+    assert all(ex["hinted"] for ex in tiny.warmup_examples(train, hint_fraction=1.0, seed=0))
+    with pytest.raises(ValueError):
+        tiny.warmup_examples(train, hint_fraction=1.5, seed=0)
+
+    # Encoded as prompt (masked) + solution + eos: loss never sees the hint.
+    ex, r = hinted[0], train[examples.index(hinted[0])]
+    ids, n_prompt = encode_example(tokenizer, r["problem"], ex["solution"], prompt=ex["prompt"])
+    assert tokenizer.decode(ids[:n_prompt]) == ex["prompt"]
+    assert tokenizer.decode(ids[n_prompt:-1]) == r["solution"]
+    assert ids[-1] == tokenizer.eos_token_id
+
+
+def test_sft_warmup_trains_on_hinted_prompts(records, tokenizer, monkeypatch):
+    """sft_warmup encodes exactly warmup_examples(records, hint_fraction, seed)."""
+    seen: list[str] = []
+    real = tiny.encode_example
+
+    def spy(tok, problem, solution, *, prompt=None):
+        seen.append(prompt)
+        return real(tok, problem, solution, prompt=prompt)
+
+    monkeypatch.setattr(tiny, "encode_example", spy)
+    model = tiny.build_tiny_model(tokenizer, tiny.ModelConfig(num_hidden_layers=1))
+    tiny.sft_warmup(model, tokenizer, records["train"], steps=1, batch_size=2, lr=1e-3, seed=5, hint_fraction=0.5)
+    want = tiny.warmup_examples(records["train"], hint_fraction=0.5, seed=5)
+    assert seen == [ex["prompt"] for ex in want]
+    assert sum("\nThe final answer is " in p for p in seen) == sum(ex["hinted"] for ex in want) > 0
+
+
 def test_sft_warmup_is_deterministic(records, tokenizer):
     def run():
         model = tiny.build_tiny_model(tokenizer, tiny.ModelConfig(num_hidden_layers=1))
@@ -177,6 +244,8 @@ def test_preset_fingerprint_tracks_parameters():
     assert base.fingerprint() == TinyBuildConfig().fingerprint()
     assert base.fingerprint() != TinyBuildConfig(vocab_size=base.vocab_size + 1).fingerprint()
     assert base.fingerprint() != tiny.PRESETS["test"].fingerprint()
+    other_hint = tiny.WarmupConfig(hint_fraction=base.warmup.hint_fraction / 2)
+    assert base.fingerprint() != TinyBuildConfig(warmup=other_hint).fingerprint()
 
 
 def test_cache_root_env_override(monkeypatch, tmp_path):
@@ -221,6 +290,19 @@ def test_test_preset_builds_loadable_qwen2(test_assets):
     acc, mean_len = evaluate_tiny(model, tok, test[:8], max_new_tokens=24)
     assert 0.0 <= acc <= 1.0
     assert 0 < mean_len <= 24
+    acc, mean_len = evaluate_tiny(model, tok, test[:8], max_new_tokens=24, hinted=True)
+    assert 0.0 <= acc <= 1.0
+    assert 0 < mean_len <= 24
+
+    # The build trained on hinted prompts, and its tokenizer learned the hint's words.
+    manifest = tiny.load_manifest(test_assets)
+    cfg = tiny.PRESETS["test"]
+    assert manifest["builder_version"] == tiny.BUILDER_VERSION
+    want = tiny.warmup_examples(train, hint_fraction=cfg.warmup.hint_fraction, seed=cfg.warmup.seed)
+    assert manifest["n_hinted_examples"] == sum(ex["hinted"] for ex in want) > 0
+    hint_text = tiny.format_hint_prompt(test[0]["problem"], test[0]["answer"])
+    assert tok.decode(tok(hint_text)["input_ids"]) == hint_text
+    assert len(tok(hint_text)["input_ids"]) < len(hint_text) / 2  # merged words, not bytes
 
 
 def test_second_call_reuses_cache(test_assets, monkeypatch):
