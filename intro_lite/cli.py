@@ -35,6 +35,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its latest complete checkpoint."),
 ) -> None:
     """Train a LoRA adapter with the recipe's objective (InTRO by default)."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # keep vLLM's per-call notices off the progress bar
     overrides = list(set_)
     if output is not None:
         overrides.append(f'output_dir="{output}"')
