@@ -57,4 +57,4 @@ def test_resume_refuses_a_different_config(tiny_default_assets, tmp_path):
     (tmp_path / "r" / "config.toml").write_text(to_toml(cfg))
     out = run_cli(tmp_path, "r", "--set", "train.lr=0.5", resume=True)
     assert out.returncode == 2
-    assert "--resume:" in out.stderr and "train.lr = 0.002, not 0.5" in out.stderr, out.stderr
+    assert "--resume:" in out.stderr and f"train.lr = {cfg.train.lr!r}, not 0.5" in out.stderr, out.stderr
