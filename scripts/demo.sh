@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh cpu
 VENV="${INTRO_LITE_VENV:-.venv}"
-exec "$VENV/bin/intro-lite" train recipes/tiny.toml "$@"
+# A fresh run name each time, so running the demo again never collides with an earlier run.
+exec "$VENV/bin/intro-lite" train recipes/tiny.toml --name "tiny-intro-$(date +%Y%m%d-%H%M%S)" "$@"
