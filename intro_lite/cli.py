@@ -49,6 +49,13 @@ def train(
     except ConfigError as e:
         _fail(str(e))
         return
+    except RuntimeError as e:
+        from intro_lite.train import TrainingAborted
+
+        if not isinstance(e, TrainingAborted):
+            raise
+        _fail(str(e))
+        return
     _print_summary(run_dir)
 
 

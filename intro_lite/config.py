@@ -85,6 +85,7 @@ class TrainConfig:
     adam_beta2: float = 0.999
     max_grad_norm: float = 1.0
     checkpoint_every: int = 50  # steps; 0 = only final/
+    max_nonfinite_steps: int = 3  # non-finite loss/grad steps are skipped; more than this in a row aborts
     keep_checkpoints: int = 2
 
 
@@ -366,6 +367,7 @@ def validate(cfg: Config) -> None:
     _require(t.micro_batch_size >= 1, "train.micro_batch_size", f"must be >= 1, got {t.micro_batch_size}")
     _require(0 < t.lr < 1, "train.lr", f"must be in (0, 1), got {t.lr}")
     _require(t.max_grad_norm > 0, "train.max_grad_norm", f"must be > 0, got {t.max_grad_norm}")
+    _require(t.max_nonfinite_steps >= 0, "train.max_nonfinite_steps", f"must be >= 0, got {t.max_nonfinite_steps}")
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")
     _require(t.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {t.checkpoint_every}")
     n = cfg.intro.n_candidates

@@ -62,7 +62,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False) -> Path:
     version = push_adapter(model, engine, run_dir, version=version)
     before = run_eval(cfg, engine, grader, tokenizer, "before") if start == 0 else previous_eval(cfg, "before")
 
-    pad_id = tokenizer.pad_token_id
+    pad_id, nonfinite_streak = tokenizer.pad_token_id, 0
     G, P, mb = cfg.rollout.group_size, cfg.train.prompts_per_step, cfg.train.micro_batch_size
     bar = make_progress(progress)
     task = bar.add_task("train", total=cfg.train.steps, completed=start, info="")
@@ -103,9 +103,11 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False) -> Path:
                 for k, v in stats.items():  # counts (n_*) add up; the rest are row-weighted means
                     stats_acc[k] = (stats_acc.get(k) or 0.0) + (v if k.startswith("n_") else v * len(chunk) / n_rows)
 
-            # 6. optimizer step on the LoRA parameters only
+            # 6. optimizer step on the LoRA parameters only; a non-finite loss or gradient skips it
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm).item()
-            optimizer.step()  # parameters without a gradient (nothing kept) are left untouched
+            nonfinite_streak = nonfinite_guard(loss_total, grad_norm, nonfinite_streak, cfg.train.max_nonfinite_steps, step)
+            if nonfinite_streak == 0:
+                optimizer.step()  # parameters without a gradient (nothing kept) are left untouched
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
 
@@ -129,6 +131,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False) -> Path:
                 "grader_timeouts": sum(g.status == "timeout" for g in grades),
                 "loss": loss_total,
                 "grad_norm": grad_norm,
+                "skipped_nonfinite": nonfinite_streak > 0,
                 **{k: v for k, v in stats_acc.items()},
                 **{f"time_{k}": v for k, v in timer.totals.items()},
                 "tokens_per_second": (sum(lengths) + trained_tokens) / max(timer.elapsed(), 1e-9),
@@ -317,6 +320,21 @@ def prefix_scores(model, x, chunk, tokenizer, problems, okw: dict, policy_logits
     scores = torch.tensor([s + [0.0] * (P - len(s)) for s in scores_all])
     device = policy_logits.device
     return positions.to(device), scores.to(device)
+
+
+class TrainingAborted(RuntimeError):
+    """A one-line reason to stop a run (the CLI prints it and exits non-zero)."""
+
+
+def nonfinite_guard(loss: float, grad_norm: float, streak: int, limit: int, step: int) -> int:
+    """0 if the step is finite; else the count of non-finite steps in a row (that step is skipped),
+    aborting once more than `limit` come in a row: the run is diverging, not hitting a fluke batch."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return 0
+    if streak + 1 > limit:
+        raise TrainingAborted(f"step {step}: loss or gradient not finite for {streak + 1} steps in a row "
+                              f"(train.max_nonfinite_steps = {limit}); lower train.lr or check the data")
+    return streak + 1
 
 
 def lr_lambda(cfg: Config):

@@ -183,3 +183,17 @@ def test_every_objective_runs_in_the_loop(tiny_default_assets, tmp_path, objecti
     informative = [r for r, f in zip(trained, flat) if f < 1.0]
     assert informative, "every trained group had equal rewards"
     assert all(r["grad_norm"] > 0 for r in informative), [r["grad_norm"] for r in informative]
+
+
+def test_nonfinite_steps_are_skipped_then_abort():
+    from intro_lite.train import TrainingAborted, nonfinite_guard
+
+    assert nonfinite_guard(0.5, 1.0, 0, 3, step=1) == 0
+    streak = 0
+    for step in range(1, 4):  # three NaN steps in a row are skipped and counted
+        streak = nonfinite_guard(float("nan"), 1.0, streak, 3, step=step)
+        assert streak == step
+    assert nonfinite_guard(0.1, 0.2, streak, 3, step=4) == 0  # a finite step resets the count
+    with pytest.raises(TrainingAborted, match=r"step 9: loss or gradient not finite for 4 steps in a row"):
+        streak = 3
+        nonfinite_guard(1.0, float("inf"), streak, 3, step=9)
