@@ -93,7 +93,7 @@ class TrainConfig:
 class EvalConfig:
     """Held-out scoring before and after training (and the defaults of `intro-lite eval`)."""
 
-    source: str = ""  # same field mapping as [data]; "" = no eval during training; "tiny" = the tiny test split
+    source: str = ""  # a benchmark name (as in `intro-lite eval`), a file, or "tiny"; "" = no eval during training
     limit: int = 0  # 0 = all problems
     samples: int = 1  # k samples per problem (avg@k)
     temperature: float = 0.6  # the paper's evaluation sampling
@@ -391,6 +391,13 @@ def validate(cfg: Config) -> None:
             _require(Path(src).exists(), "data.source", f"file not found: {src}")
     if cfg.eval.source and not is_tiny(cfg.eval.source) and _looks_local(cfg.eval.source):
         _require(Path(cfg.eval.source).exists(), "eval.source", f"file not found: {cfg.eval.source}")
+    elif cfg.eval.source:
+        from intro_lite.benchmarks import get_spec
+
+        try:
+            get_spec(cfg.eval.source, None)  # an unknown benchmark name fails here, before any model loads
+        except ConfigError as e:
+            raise ConfigError(f"'eval.source': {e}") from None
     _require(cfg.eval.samples >= 1, "eval.samples", f"must be >= 1, got {cfg.eval.samples}")
     _require(cfg.eval.limit >= 0, "eval.limit", f"must be >= 0, got {cfg.eval.limit}")
     if cfg.data.exclude_ids_from:

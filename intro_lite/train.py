@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from intro_lite.config import Config, ConfigError, load_config, to_toml
+from intro_lite.benchmarks import load_benchmark
 from intro_lite.data import Problem, PromptSampler, load_problems, render_prompt, tiny_assets
 from intro_lite.engine import RolloutEngine
 from intro_lite.evaluate import score
@@ -81,7 +82,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False) -> Path:
                 grades = grader.grade([(problems[i].answer, s.text) for i, g in zip(idx, groups) for s in g])
             rollouts = [(i, s) for i, g in zip(idx, groups) for s in g]
             correct = [gr.correct for gr in grades]
-            rows = make_rows(cfg, needs, tokenizer, problems, idx, rollouts, correct, x_ids, xy_ids)
+            rows = make_rows(cfg, needs, okw, tokenizer, problems, idx, rollouts, correct, x_ids, xy_ids)
             batch = BatchInfo(lengths=torch.tensor([r.n_loss for r in rows]), rewards=torch.tensor([r.reward for r in rows]),
                               group_ids=torch.tensor([r.group for r in rows]))
 
@@ -223,7 +224,7 @@ class Row:
     reward: float
 
 
-def make_rows(cfg: Config, needs, tokenizer, problems, idx, rollouts, correct, x_ids, xy_ids) -> list[Row]:
+def make_rows(cfg: Config, needs, okw: dict, tokenizer, problems, idx, rollouts, correct, x_ids, xy_ids) -> list[Row]:
     if needs.gold_solution:  # SFT: the dataset's golden solution, the only text tokenised into a suffix
         eos = [tokenizer.eos_token_id]
         return [Row(i, g, x_ids[i], xy_ids[i], ids + eos, len(ids) + 1, 1.0)
@@ -232,7 +233,6 @@ def make_rows(cfg: Config, needs, tokenizer, problems, idx, rollouts, correct, x
     rows = [Row(i, j // G, x_ids[i], xy_ids[i], list(s.token_ids), len(s.token_ids), float(c))
             for j, ((i, s), c) in enumerate(zip(rollouts, correct)) if c or not needs.kept_only]
     if needs.answer_suffix:  # LaTRO: cut z before its answer marker (keeping the rollout's own ids), append y
-        okw = cfg.objective_kwargs()
         for r in rows:
             keep = cut_before_marker([tokenizer.decode([t]) for t in r.suffix], okw["answer_markers"])
             y = tokenizer(okw["answer_template"].format(answer=problems[r.prompt].answer), add_special_tokens=False)["input_ids"]
@@ -364,15 +364,10 @@ def push_adapter(model, engine, run_dir: Path, version: int) -> int:
 
 
 def run_eval(cfg: Config, engine, grader, tokenizer, label: str) -> dict | None:
+    """Held-out score through the eval command's loader: a named benchmark (its gold rule), `tiny`, or a file."""
     if not cfg.eval.source:
         return None
-    src = cfg.eval.source
-    if (tiny := tiny_assets(src)) is not None:
-        src = str(tiny.test_file)
-    data_cfg = type(cfg.data)(**{**cfg.data.__dict__, "source": src, "levels": [], "exclude_ids_from": ""})
-    problems = load_problems(data_cfg)
-    if cfg.eval.limit:
-        problems = problems[: cfg.eval.limit]
+    problems = load_benchmark(cfg.eval.source, limit=cfg.eval.limit)
     ids = [tokenizer(render_prompt(cfg.data.prompt_template, p))["input_ids"] for p in problems]
     s = score(engine, grader, problems, ids, k=cfg.eval.samples, temperature=cfg.eval.temperature,
               top_p=cfg.eval.top_p, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.eval.seed)

@@ -60,6 +60,7 @@ def test_int_widens_to_float_but_not_the_reverse(tmp_path):
         ("[lora]\ntarget_modules = ['lm_head']\n", r"'lora'.*lm_head"),
         ("[rollout]\nquantization = 'bitsandbytes'\n", r"'rollout.quantization' = 'bitsandbytes' needs a CUDA GPU"),
         ("objective = 'ppo'\n", r"'objective' must be one of"),
+        ("[eval]\nsource = 'math5000'\n", r"'eval.source'.*math5000"),
     ],
 )
 def test_bad_recipe_is_a_one_line_error_naming_the_key(tmp_path, text, pattern):
