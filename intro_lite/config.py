@@ -42,6 +42,7 @@ class LoraConfig:
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    init_adapter: str = ""  # start from this saved adapter (e.g. a sweep's shared SFT warm-up) instead of a fresh one
 
 
 @dataclass

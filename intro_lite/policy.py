@@ -70,7 +70,36 @@ def load_policy(cfg: Config, model_path: str):
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
+    if cfg.lora.init_adapter:
+        load_adapter_weights(model, cfg.lora.init_adapter)
     return model, tokenizer
+
+
+def load_adapter_weights(model, adapter_dir: str | Path) -> None:
+    """Copy a saved adapter's weights (safetensors only) into the model's fresh adapter.
+
+    Every tensor must exist with the same shape: a rank, module list or base that differs is a
+    ConfigError naming the first mismatch, never a silent partial load."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from intro_lite.config import ConfigError
+
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    if not path.exists():
+        raise ConfigError(f"lora.init_adapter: {path} not found")
+    saved = load_file(str(path))
+    own = get_peft_model_state_dict(model)
+    for key, value in own.items():
+        if key not in saved:
+            raise ConfigError(f"lora.init_adapter: {adapter_dir} has no {key} (different rank, modules or base)")
+        if saved[key].shape != value.shape:
+            raise ConfigError(f"lora.init_adapter: {adapter_dir}: {key} has shape {tuple(saved[key].shape)}, "
+                              f"this model needs {tuple(value.shape)} (different rank or base)")
+    extra = sorted(set(saved) - set(own))
+    if extra:
+        raise ConfigError(f"lora.init_adapter: {adapter_dir} has {extra[0]}, which this model's adapter lacks")
+    set_peft_model_state_dict(model, saved)
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:

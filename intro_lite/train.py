@@ -28,7 +28,12 @@ from intro_lite.objectives import BatchInfo, ObjectiveInputs, get_objective, nee
 from intro_lite.policy import load_policy, resolve_device, resolve_dtype, save_adapter, suffix_logits, trainable_parameters
 
 
-def train(cfg: Config, *, progress: bool = True, resume: bool = False) -> Path:
+def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: RolloutEngine | None = None,
+          grader: Grader | None = None) -> Path:
+    """Run (or with `resume` continue) one training run; returns its run dir.
+
+    `engine`/`grader` let a caller (a sweep, a benchmark) share one vLLM engine over many runs of
+    the same base; they are left open. Otherwise both are made here and closed at the end."""
     run_dir = cfg.run_dir
     prepare_run_dir(cfg, resume=resume)
     ckpt = latest_checkpoint(cfg) if resume else None
@@ -47,7 +52,8 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False) -> Path:
     sampler = PromptSampler(len(problems), cfg.seed)
 
     device = resolve_device(cfg.model.device)
-    engine = RolloutEngine(
+    own_engine, own_grader = engine is None, grader is None
+    engine = engine or RolloutEngine(
         model_path,
         max_lora_rank=cfg.lora.rank,
         max_model_len=cfg.rollout.max_model_len,
@@ -58,7 +64,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False) -> Path:
         enforce_eager=cfg.rollout.enforce_eager,
         trust_remote_code=cfg.model.trust_remote_code,
     )
-    grader = Grader()
+    grader = grader or Grader()
     start, version = restore_checkpoint(ckpt, model, optimizer, scheduler, sampler) if ckpt else (0, 0)
     version = push_adapter(model, engine, run_dir, version=version)
     before = run_eval(cfg, engine, grader, tokenizer, "before") if start == 0 else previous_eval(cfg, "before")
@@ -152,8 +158,10 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False) -> Path:
     if before and after:
         summary = {"before": before, "after": after}
         write_atomic(run_dir / "eval_summary.json", json.dumps(summary, indent=2))
-    grader.close()
-    engine.close()
+    if own_grader:
+        grader.close()
+    if own_engine:
+        engine.close()
     return run_dir
 
 
