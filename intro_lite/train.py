@@ -102,6 +102,8 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
                     inputs.batch = batch if needs.batch_totals else None
                     gen = torch.Generator(device=inputs.policy_logits.device).manual_seed(cfg.seed * 7_919 + step * 1_000 + c)
                     loss, stats = objective.compute(inputs, **okw, generator=gen)
+                if str(step) in os.environ.get("INTRO_LITE_FAULT_NAN_STEPS", "").split(","):  # fault injection
+                    loss = loss * float("nan")
                 # Objectives with batch totals return their share of the full-batch loss; the others a row mean.
                 share = 1.0 if needs.batch_totals else len(chunk) / n_rows
                 with timer("backward"):
@@ -404,6 +406,8 @@ def save_checkpoint(cfg: Config, model, optimizer, scheduler, sampler, step: int
     }
     torch.save(state, tmp / "trainer_state.pt")
     _fsync_file(tmp / "trainer_state.pt")
+    if os.environ.get("INTRO_LITE_FAULT_IN_CHECKPOINT") == str(step):  # fault injection: die before COMPLETE
+        os.kill(os.getpid(), signal.SIGKILL)
     write_atomic(tmp / "COMPLETE", f"{step}\n")
     if final.exists():
         shutil.rmtree(final)
