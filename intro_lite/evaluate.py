@@ -269,6 +269,7 @@ def run(settings: EvalSettings, targets: list[Target], out: Path, *, console=Non
 
     from intro_lite.benchmarks import get_spec, load_benchmark
     from intro_lite.grading import Grader
+    from intro_lite.policy import check_adapter_matches_base
     from intro_lite.train import write_atomic
 
     console = console or Console(stderr=True)
@@ -286,6 +287,9 @@ def run(settings: EvalSettings, targets: list[Target], out: Path, *, console=Non
         if cfg and cfg.data.prompt_template != settings.prompt_template:
             _say(console, f"[yellow]warning:[/yellow] {t.run} was trained with prompt template "
                           f"{cfg.data.prompt_template!r}; evaluating with {settings.prompt_template!r}")
+    for t in targets:  # a wrong base fails here in one line, before vLLM loads anything or a file is written
+        if t.adapter:
+            check_adapter_matches_base(t.adapter, t.model_path)
     out.mkdir(parents=True, exist_ok=True)
     results = {
         "schema": SCHEMA,

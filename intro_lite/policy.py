@@ -102,6 +102,88 @@ def load_adapter_weights(model, adapter_dir: str | Path) -> None:
     set_peft_model_state_dict(model, saved)
 
 
+def check_adapter_matches_base(adapter_dir: str | Path, model_path: str) -> None:
+    """Raise ConfigError (one line, naming the adapter and the first mismatch) if a saved LoRA adapter
+    cannot sit on `model_path`: a layer the base lacks, or a tensor whose in/out size is not the base's.
+
+    Reads only adapter_config.json, the safetensors header (shapes, no weights) and the base's config, so
+    a wrong base fails in a second instead of deep inside vLLM's or peft's loader."""
+    from intro_lite.config import ConfigError
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ConfigError(f"{adapter_dir}: no adapter_config.json (not a PEFT adapter directory)")
+    shapes = _adapter_shapes(adapter_dir)
+    base = _base_config(model_path)
+    hidden, layers, heads = base["hidden_size"], base["num_hidden_layers"], base["num_attention_heads"]
+    head_dim = base.get("head_dim") or hidden // heads
+    q, kv = heads * head_dim, base.get("num_key_value_heads", heads) * head_dim
+    inter = base.get("intermediate_size")
+    H, Q, KV, I = (hidden, "hidden_size"), (q, "heads x head_dim"), (kv, "kv heads x head_dim"), (inter, "intermediate_size")
+    # (in_features, out_features) of the Llama/Qwen2-style linear layers; other modules are checked by layer only.
+    sizes = {"q_proj": (H, Q), "k_proj": (H, KV), "v_proj": (H, KV), "o_proj": (Q, H),
+             "gate_proj": (H, I), "up_proj": (H, I), "down_proj": (I, H)}
+    for key, shape in shapes.items():
+        parts = key.split(".")
+        at = parts.index("layers") + 1 if "layers" in parts else len(parts)
+        if at < len(parts) and parts[at].isdigit() and int(parts[at]) >= layers:
+            raise ConfigError(f"{adapter_dir}: {key} is for layer {parts[at]}, but the base {model_path} has "
+                              f"{layers} layers; the adapter was trained on a different base")
+        module = next((p for p in parts if p in sizes), None)
+        if module is None or len(shape) != 2:
+            continue
+        if "lora_A" in parts:  # [r, in_features]
+            side, dim = 0, shape[1]
+        elif "lora_B" in parts:  # [out_features, r]
+            side, dim = 1, shape[0]
+        else:
+            continue
+        want, what = sizes[module][side]
+        if want is not None and dim != want:
+            raise ConfigError(f"{adapter_dir}: {key} has shape {tuple(shape)}, but {module}'s "
+                              f"{('in', 'out')[side]}_features in the base {model_path} is {want} ({what}); "
+                              f"the adapter was trained on a different base")
+
+
+def _adapter_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    from intro_lite.config import ConfigError
+
+    st, pt = adapter_dir / "adapter_model.safetensors", adapter_dir / "adapter_model.bin"
+    if st.is_file():
+        try:
+            with safe_open(str(st), framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as e:  # a truncated or foreign file: one line, not a traceback
+            raise ConfigError(f"{st}: unreadable safetensors file ({str(e).splitlines()[0]})") from None
+    if pt.is_file():
+        return {k: tuple(v.shape) for k, v in torch.load(pt, map_location="cpu", weights_only=True).items()}
+    raise ConfigError(f"{adapter_dir}: no adapter_model.safetensors (or .bin)")
+
+
+def _base_config(model_path: str) -> dict:
+    import json
+
+    from intro_lite.config import ConfigError
+
+    local = Path(model_path) / "config.json"
+    try:
+        if local.is_file():
+            config = json.loads(local.read_text())
+        else:  # a hub name: transformers finds it in the HF cache (or downloads config.json only)
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(model_path).to_dict()
+    except Exception as e:
+        raise ConfigError(f"{model_path}: cannot read the base model's config ({str(e).splitlines()[0]})") from None
+    config = config.get("text_config") or config  # multimodal wrappers keep the LM's sizes one level down
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads"):
+        if key not in config:
+            raise ConfigError(f"{model_path}: config has no {key}")
+    return config
+
+
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
