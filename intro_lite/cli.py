@@ -162,6 +162,34 @@ def eval_(
     screen.print(f"results: {out / 'results.json'}  samples: {out / 'samples.jsonl'}", highlight=False, soft_wrap=True)
 
 
+@app.command()
+def sweep(
+    sweep_file: Optional[Path] = typer.Argument(None, help="Sweep TOML (e.g. recipes/sweeps/toy-table1.toml)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Only (re-)write the report of the sweep in this directory."),
+    progress: bool = typer.Option(False, "--progress", help="Show each cell's progress bar."),
+) -> None:
+    """Run a grid of methods x seeds from one shared start (finished cells are skipped), then report."""
+    import shlex
+    import sys
+
+    from intro_lite import sweep as sw
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    if (sweep_file is None) == (report is None):
+        _fail("give a sweep file to run, or --report DIR to re-draw a finished sweep's report")
+        return
+    try:
+        spec = sw.open_sweep_dir(report) if report is not None else sw.load_sweep(sweep_file)
+        if report is None:
+            sw.run_sweep(spec, say=lambda m: console.print(m, highlight=False, markup=False), progress=progress)
+        command = "intro-lite " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        path = sw.report(spec, command=command, console=Console())
+    except ConfigError as e:
+        _fail(str(e))
+        return
+    Console().print(f"report: {path}")
+
+
 def _warn(msg: str) -> None:
     console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False, soft_wrap=True)
 

@@ -88,6 +88,7 @@ class TrainConfig:
     checkpoint_every: int = 50  # steps; 0 = only final/
     max_nonfinite_steps: int = 3  # non-finite loss/grad steps are skipped; more than this in a row aborts
     keep_checkpoints: int = 2
+    max_rollout_tokens: int = 0  # budget: stop once this many rationale tokens were generated; 0 = run all steps
 
 
 @dataclass
@@ -101,6 +102,7 @@ class EvalConfig:
     top_p: float = 0.95
     max_new_tokens: int = 1024
     seed: int = 0
+    every: int = 0  # also score every N steps (accuracy-vs-step curves); 0 = before and after only
 
 
 @dataclass
@@ -368,6 +370,8 @@ def validate(cfg: Config) -> None:
     _require(t.micro_batch_size >= 1, "train.micro_batch_size", f"must be >= 1, got {t.micro_batch_size}")
     _require(0 < t.lr < 1, "train.lr", f"must be in (0, 1), got {t.lr}")
     _require(t.max_grad_norm > 0, "train.max_grad_norm", f"must be > 0, got {t.max_grad_norm}")
+    _require(t.max_rollout_tokens >= 0, "train.max_rollout_tokens", f"must be >= 0, got {t.max_rollout_tokens}")
+    _require(cfg.eval.every >= 0, "eval.every", f"must be >= 0, got {cfg.eval.every}")
     _require(t.max_nonfinite_steps >= 0, "train.max_nonfinite_steps", f"must be >= 0, got {t.max_nonfinite_steps}")
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")
     _require(t.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {t.checkpoint_every}")
@@ -423,20 +427,22 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def toml_literal(v: Any) -> str:
+    """A TOML value literal for str/int/float/bool/lists (also the right-hand side of `--set`)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_literal(x) for x in v) + "]"
+    raise TypeError(type(v))
+
+
 def to_toml(cfg: Config) -> str:
     """Render the resolved config as TOML (flat tables; values are str/int/float/bool/lists)."""
-
-    def lit(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-        if isinstance(v, list):
-            return "[" + ", ".join(lit(x) for x in v) + "]"
-        raise TypeError(type(v))
-
+    lit = toml_literal
     d = to_dict(cfg)
     top = [f"{k} = {lit(v)}" for k, v in d.items() if not isinstance(v, dict)]
     tables = [f"\n[{k}]\n" + "\n".join(f"{kk} = {lit(vv)}" for kk, vv in v.items()) for k, v in d.items() if isinstance(v, dict)]

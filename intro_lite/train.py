@@ -51,28 +51,19 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     sampler = PromptSampler(len(problems), cfg.seed)
 
-    device = resolve_device(cfg.model.device)
     own_engine, own_grader = engine is None, grader is None
-    engine = engine or RolloutEngine(
-        model_path,
-        max_lora_rank=cfg.lora.rank,
-        max_model_len=cfg.rollout.max_model_len,
-        dtype=str(resolve_dtype(cfg.model.dtype, device)).removeprefix("torch."),
-        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-        quantization=None if cfg.rollout.quantization == "none" else cfg.rollout.quantization,
-        seed=cfg.seed,
-        enforce_eager=cfg.rollout.enforce_eager,
-        trust_remote_code=cfg.model.trust_remote_code,
-    )
+    engine = engine or make_engine(cfg, model_path)
     grader = grader or Grader()
     start, version = restore_checkpoint(ckpt, model, optimizer, scheduler, sampler) if ckpt else (0, 0)
     version = push_adapter(model, engine, run_dir, version=version)
-    before = run_eval(cfg, engine, grader, tokenizer, "before") if start == 0 else previous_eval(cfg, "before")
+    before = run_eval(cfg, engine, grader, tokenizer, "before", 0) if start == 0 else previous_eval(cfg, "before")
+    rollout_tokens = previous_rollout_tokens(cfg, start)  # the token budget counts across a resume
 
     pad_id, nonfinite_streak = tokenizer.pad_token_id, 0
     G, P, mb = cfg.rollout.group_size, cfg.train.prompts_per_step, cfg.train.micro_batch_size
     bar = make_progress(progress)
     task = bar.add_task("train", total=cfg.train.steps, completed=start, info="")
+    last = start
     with bar:
         for step in range(start + 1, cfg.train.steps + 1):
             timer = Timer()
@@ -126,6 +117,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
 
             # 8. log
             lengths = [len(s.token_ids) for _, s in rollouts]
+            rollout_tokens += sum(lengths)
             groups_correct = [any(correct[j * G : (j + 1) * G]) for j in range(len(idx))]
             trained_tokens = sum(r.n_loss for r in rows)
             record = {
@@ -145,18 +137,26 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
                 **{f"time_{k}": v for k, v in timer.totals.items()},
                 "tokens_per_second": (sum(lengths) + trained_tokens) / max(timer.elapsed(), 1e-9),
                 "adapter_version": version,
+                "rollout_tokens_total": rollout_tokens,
             }
             append_jsonl(run_dir / "metrics.jsonl", record)
-            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step != cfg.train.steps:
+            last = step
+            out_of_budget = 0 < cfg.train.max_rollout_tokens <= rollout_tokens
+            final_step = step == cfg.train.steps or out_of_budget
+            if cfg.eval.every and step % cfg.eval.every == 0 and not final_step:  # before the checkpoint: a resume keeps it
+                run_eval(cfg, engine, grader, tokenizer, f"step-{step}", step)
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and not final_step:
                 save_checkpoint(cfg, model, optimizer, scheduler, sampler, step, version)
             if os.environ.get("INTRO_LITE_FAULT_AFTER_STEP") == str(step):  # fault injection for resume tests
                 os.kill(os.getpid(), signal.SIGKILL)
             bar.update(task, advance=1, info=f"acc {record['rollout_accuracy']:.2f} len {record['mean_length']:.0f} "
                                              f"loss {record['loss']:.3f} |g| {grad_norm:.2f}")
+            if out_of_budget:
+                break
 
-    save_checkpoint(cfg, model, optimizer, scheduler, sampler, cfg.train.steps, version)
+    save_checkpoint(cfg, model, optimizer, scheduler, sampler, last, version)
     save_adapter(model, run_dir / "final")
-    after = run_eval(cfg, engine, grader, tokenizer, "after")
+    after = run_eval(cfg, engine, grader, tokenizer, "after", last)
     if before and after:
         summary = {"before": before, "after": after}
         write_atomic(run_dir / "eval_summary.json", json.dumps(summary, indent=2))
@@ -201,6 +201,20 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def engine_settings(cfg: Config, model_path: str) -> dict:
+    """RolloutEngine's arguments for this run; runs with equal settings can share one engine."""
+    device = resolve_device(cfg.model.device)
+    return dict(model_path=model_path, max_lora_rank=cfg.lora.rank, max_model_len=cfg.rollout.max_model_len,
+                dtype=str(resolve_dtype(cfg.model.dtype, device)).removeprefix("torch."),
+                gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+                quantization=None if cfg.rollout.quantization == "none" else cfg.rollout.quantization,
+                seed=cfg.seed, enforce_eager=cfg.rollout.enforce_eager, trust_remote_code=cfg.model.trust_remote_code)
+
+
+def make_engine(cfg: Config, model_path: str) -> RolloutEngine:
+    return RolloutEngine(**engine_settings(cfg, model_path))
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -373,7 +387,7 @@ def push_adapter(model, engine, run_dir: Path, version: int) -> int:
     return version
 
 
-def run_eval(cfg: Config, engine, grader, tokenizer, label: str) -> dict | None:
+def run_eval(cfg: Config, engine, grader, tokenizer, label: str, step: int) -> dict | None:
     """Held-out score through the eval command's loader: a named benchmark (its gold rule), `tiny`, or a file."""
     if not cfg.eval.source:
         return None
@@ -382,7 +396,7 @@ def run_eval(cfg: Config, engine, grader, tokenizer, label: str) -> dict | None:
     s = score(engine, grader, problems, ids, k=cfg.eval.samples, temperature=cfg.eval.temperature,
               top_p=cfg.eval.top_p, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.eval.seed)
     result = {"accuracy": s.accuracy, "mean_length": s.mean_length, "n_problems": s.n_problems, "k": s.k, "counts": s.counts}
-    append_jsonl(cfg.run_dir / "eval.jsonl", {"when": label, **result})
+    append_jsonl(cfg.run_dir / "eval.jsonl", {"when": label, "step": step, **result})
     return result
 
 
@@ -446,7 +460,20 @@ def restore_checkpoint(ckpt: Path, model, optimizer, scheduler, sampler) -> tupl
     if metrics.exists():
         kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= state["step"]]
         write_atomic(metrics, "".join(line + "\n" for line in kept))
+    evals = ckpt.parent.parent / "eval.jsonl"  # periodic scores after the checkpoint are re-run
+    if evals.exists():
+        kept = [line for line in evals.read_text().splitlines()
+                if json.loads(line)["step"] <= state["step"] and json.loads(line)["when"] != "after"]
+        write_atomic(evals, "".join(line + "\n" for line in kept))
     return state["step"], state["adapter_version"]
+
+
+def previous_rollout_tokens(cfg: Config, start: int) -> int:
+    path = cfg.run_dir / "metrics.jsonl"
+    if start == 0 or not path.exists():
+        return 0
+    lines = path.read_text().splitlines()
+    return json.loads(lines[-1]).get("rollout_tokens_total", 0) if lines else 0
 
 
 def previous_eval(cfg: Config, label: str) -> dict | None:
@@ -454,7 +481,7 @@ def previous_eval(cfg: Config, label: str) -> dict | None:
     if not path.exists():
         return None
     found = [json.loads(line) for line in path.read_text().splitlines() if json.loads(line)["when"] == label]
-    return {k: v for k, v in found[-1].items() if k != "when"} if found else None
+    return {k: v for k, v in found[-1].items() if k not in ("when", "step")} if found else None
 
 
 def _python_rng_state() -> list:
