@@ -18,6 +18,8 @@ Loop protocol (the per-objective contract is in docs/objectives.md, "Loop contra
         posterior_logits <- forward(x ⊕ y ⊕ z) under no_grad          if needs.posterior
         reference_*      <- forward(x ⊕ z), adapter disabled, no_grad  if needs.reference
         probe_entropy    <- answer-probe entropies, no_grad           if needs.answer_entropy_probe
+        (needs.hidden_states: the policy/posterior passes yield last hidden states + the LM head
+         weight instead of logits: policy_hidden, posterior_hidden, lm_head_weight)
         prefix_*         <- gold-answer scores at prefix points       if needs.prefix_scores
         loss, stats = objective.compute(ObjectiveInputs(...), **kwargs)
         (loss if needs.batch_totals else loss * rows / n_rows).backward()
@@ -58,6 +60,9 @@ class Needs:
     # full-batch loss, and the loop sums micro-batch losses unscaled. When False (intro), compute
     # returns a mean over its rows and the loop scales each micro-batch loss by rows / n_rows.
     batch_totals: bool = False
+    # ``policy_hidden``/``posterior_hidden`` (last hidden states at the suffix positions) and
+    # ``lm_head_weight`` instead of full logits (InTRO's chunked loss); ``policy_logits`` is then None.
+    hidden_states: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,7 @@ class BatchInfo:
 class ObjectiveInputs:
     tokens: Tensor  # [B, T] token ids
     mask: Tensor  # [B, T] 1 = token counts in the loss
-    policy_logits: Tensor  # [B, T, V]
+    policy_logits: Tensor | None  # [B, T, V]; None when the loop passes hidden states (needs.hidden_states)
     posterior_logits: Tensor | None = None  # [B, T, V]
     # Adapter-disabled pass over the same positions: full logits, or (cheaper, preferred) the
     # log-prob of ``tokens`` only, log π_ref(tokens[b, t] | ...) as [B, T].
@@ -98,6 +103,10 @@ class ObjectiveInputs:
     prefix_positions: Tensor | None = None  # [B, P] long
     prefix_scores: Tensor | None = None  # [B, P] float
     batch: BatchInfo | None = None  # whole-step totals; None = this micro-batch is the whole batch
+    # needs.hidden_states: logits = hidden @ lm_head_weight.T, made by the objective chunk by chunk.
+    policy_hidden: Tensor | None = None  # [B, T, H], with gradient
+    posterior_hidden: Tensor | None = None  # [B, T, H], no gradient
+    lm_head_weight: Tensor | None = None  # [V, H]
 
 
 class Objective(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -11,6 +12,24 @@ from torch import Tensor
 from intro_lite.objectives import Needs, ObjectiveInputs, register
 
 STAT_KEYS = ("w_mean", "w_gt1_frac", "w_clipped_frac", "entropy", "w_own_mean", "n_tokens")
+
+
+def draw_uniforms(n_tokens: int, n_candidates: int, generator: torch.Generator | None, *, device, dtype) -> Tensor:
+    """The uniforms behind the n−1 drawn candidates of every mask token, ``[N, n−1]``, in one call.
+
+    Both loss paths draw them here, before any logits are seen, so a position-chunked pass
+    consumes the generator exactly as the whole-batch pass does."""
+    return torch.rand((n_tokens, n_candidates - 1), generator=generator, device=device, dtype=dtype)
+
+
+def inverse_cdf_draws(p: Tensor, u: Tensor) -> Tensor:
+    """Token ids ``[N, k]``: row i's ``u[i, j]``-quantile of the categorical ``p[i]`` (``[N, V]``).
+
+    With ``u ~ U[0, 1)`` these are i.i.d. draws from ``p`` with replacement (what
+    ``torch.multinomial(p, k, replacement=True)`` samples); a zero-probability token is never
+    drawn. Row-wise, so the draws of a row do not depend on which other rows share the call."""
+    cdf = torch.cumsum(p, dim=1)
+    return torch.searchsorted(cdf, (u * cdf[:, -1:]).contiguous(), right=True).clamp_(max=p.shape[1] - 1)
 
 
 def intro_loss(
@@ -37,8 +56,10 @@ def intro_loss(
         loss = −mean of J_z over rows with at least one mask token
 
     v_t^1 is the rationale's own token z_t; v_t^2..n are drawn i.i.d. with
-    replacement from sg(p(·|t)) at temperature 1 (``torch.multinomial`` with
-    ``generator``, which must live on the logits' device). In expectation over the
+    replacement from sg(p(·|t)) at temperature 1, by inverse CDF from uniforms drawn
+    up front (``draw_uniforms``: one ``torch.rand([N, n−1])`` call on ``generator``,
+    which must live on the logits' device), so the position-chunked
+    ``intro_loss_from_hidden`` draws the very same candidates. In expectation over the
     draws, position t contributes
     ``((n−1)/n)·Σ_v p(v)·w(v)·log p(v) + (1/n)·w(z_t)·log p(z_t)``, gradient through log p.
 
@@ -101,8 +122,8 @@ def intro_loss(
         else:
             candidates = own
             if n_candidates > 1:
-                drawn = torch.multinomial(p, n_candidates - 1, replacement=True, generator=generator)
-                candidates = torch.cat([own, drawn], dim=1)  # [N, n]
+                u = draw_uniforms(n_tokens, n_candidates, generator, device=p.device, dtype=dtype)
+                candidates = torch.cat([own, inverse_cdf_draws(p, u)], dim=1)  # [N, n]
             log_ratio = logq.gather(1, candidates) - logp_sg.gather(1, candidates)
             w = log_ratio.clamp(max=log_clip).exp()
             w_mean = w.mean()
@@ -126,10 +147,172 @@ def intro_loss(
     return loss, stats
 
 
+def intro_loss_from_hidden(
+    policy_hidden: Tensor,
+    posterior_hidden: Tensor,
+    lm_head_weight: Tensor,
+    tokens: Tensor,
+    mask: Tensor,
+    *,
+    n_candidates: int | str = 5,
+    clip_max: float = 200.0,
+    generator: torch.Generator | None = None,
+    chunk_size: int = 1024,
+) -> tuple[Tensor, dict[str, float]]:
+    """``intro_loss`` from the last hidden states, never holding full-vocabulary tensors for all positions.
+
+    ``policy_logits = policy_hidden @ lm_head_weight.T`` (likewise the posterior), but the logits
+    are made ``chunk_size`` mask positions at a time: each chunk's logits → log-softmax → candidate
+    gathers → weights → loss contribution, and its gradient w.r.t. the logits in closed form,
+
+        d/dlogits Σ_i w_i·log p(v_i) = Σ_i w_i·(e_{v_i} − p)       (integer n)
+        d/dlogits Σ_v t_v·log p(v)   = t − (Σ_v t_v)·p              ("all", t = sg(min(q, C·p)))
+
+    pushed through the LM head at once (into the policy hidden states, and into
+    ``lm_head_weight`` if it requires grad) and kept for the backward pass, which only scales
+    them. Peak memory is a few ``[chunk_size, V]`` buffers instead of several ``[N, V]`` ones.
+
+    Shapes: hidden ``[B, T, H]`` (position t predicts ``tokens[:, t]``; rows under mask 0 are
+    never read) or ``[N, H]`` holding only the mask positions in row-major order
+    (``N = mask.sum()``); ``lm_head_weight`` ``[V, H]`` (no bias); ``tokens``, ``mask`` ``[B, T]``.
+    Logits are computed in the hidden states' dtype and the softmax in at least float32, as
+    ``suffix_logits`` + ``intro_loss`` do. Gradient flows only through ``policy_hidden`` (and
+    the weight), never ``posterior_hidden``. Same loss, gradient and stats as ``intro_loss`` on
+    the materialised logits, with identical candidate draws for the same ``generator``.
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if policy_hidden.shape != posterior_hidden.shape:
+        raise ValueError(f"policy {tuple(policy_hidden.shape)} vs posterior {tuple(posterior_hidden.shape)} hidden states")
+    if tokens.dim() != 2 or mask.shape != tokens.shape:
+        raise ValueError(f"expected tokens and mask [B, T]; got {tuple(tokens.shape)}, {tuple(mask.shape)}")
+    if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != policy_hidden.shape[-1]:
+        raise ValueError(f"lm_head_weight {tuple(lm_head_weight.shape)} does not match hidden size {policy_hidden.shape[-1]}")
+    exact = n_candidates == "all"
+    if not exact and not (isinstance(n_candidates, int) and n_candidates >= 1):
+        raise ValueError(f"n_candidates must be a positive int or 'all', got {n_candidates!r}")
+    if not clip_max > 0:
+        raise ValueError(f"clip_max must be > 0, got {clip_max}")
+
+    mask = mask.bool()
+    lengths = mask.sum(dim=1)
+    n_tokens = int(lengths.sum())
+    if policy_hidden.dim() == 3:
+        if policy_hidden.shape[:2] != tokens.shape:
+            raise ValueError(f"hidden {tuple(policy_hidden.shape)} vs tokens {tuple(tokens.shape)}")
+        h, hq = policy_hidden[mask], posterior_hidden.detach()[mask]
+    elif policy_hidden.dim() == 2:
+        if policy_hidden.shape[0] != n_tokens:
+            raise ValueError(f"hidden {tuple(policy_hidden.shape)}: [N, H] needs N = mask.sum() = {n_tokens}")
+        h, hq = policy_hidden, posterior_hidden.detach()
+    else:
+        raise ValueError(f"expected hidden [B, T, H] or [N, H]; got {tuple(policy_hidden.shape)}")
+    if n_tokens == 0:
+        zero = policy_hidden.sum() * 0.0
+        if lm_head_weight.requires_grad:
+            zero = zero + lm_head_weight.sum() * 0.0
+        return zero, dict.fromkeys(STAT_KEYS, 0.0)
+
+    dtype = torch.promote_types(h.dtype, torch.float32)
+    own = tokens[mask].long()
+    n_rows = int((lengths > 0).sum())
+    token_scale = (1.0 / lengths.clamp(min=1).to(dtype)).unsqueeze(1).expand(mask.shape)[mask] / n_rows
+    u = None
+    if not exact and n_candidates > 1:
+        u = draw_uniforms(n_tokens, n_candidates, generator, device=h.device, dtype=dtype)
+    n = 0 if exact else n_candidates
+    loss, sums = _ChunkedIntro.apply(h, hq, lm_head_weight, own, token_scale, u, n, math.log(clip_max), chunk_size)
+    # sums: Σw, Σ[w > 1], Σ[ratio > C], Σ entropy, Σ w_own over the mask tokens (float64)
+    n_cand = n_tokens if exact else n_tokens * n_candidates
+    sums = sums.tolist()
+    stats = {
+        "w_mean": sums[0] / (n_tokens if exact else n_cand),
+        "w_gt1_frac": sums[1] / (n_tokens if exact else n_cand),
+        "w_clipped_frac": sums[2] / (n_tokens if exact else n_cand),
+        "entropy": sums[3] / n_tokens,
+        "w_own_mean": sums[4] / n_tokens,
+        "n_tokens": float(n_tokens),
+    }
+    return loss, stats
+
+
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """Σ_v a[i, v]·b[i, v] per row, as a batched mat-vec (no [N, V] temporary)."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
+class _ChunkedIntro(torch.autograd.Function):
+    """Loss and closed-form gradient of the InTRO objective, chunk by chunk over positions."""
+
+    @staticmethod
+    def forward(ctx, h, hq, weight, own, token_scale, u, n, log_clip, chunk_size):
+        dtype = token_scale.dtype
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.promote_types(weight.dtype, torch.float32),
+                             device=weight.device) if need_w else None
+        loss = torch.zeros((), dtype=torch.float64, device=h.device)
+        sums = torch.zeros(5, dtype=torch.float64, device=h.device)
+        N = h.shape[0]
+        for s in range(0, N, chunk_size):
+            e = min(s + chunk_size, N)
+            hc, own_c, scale_c = h[s:e], own[s:e, None], token_scale[s:e]
+            logp = F.log_softmax(F.linear(hc, weight), dim=-1, dtype=dtype)  # [C, V]
+            logq = F.log_softmax(F.linear(hq[s:e], weight), dim=-1, dtype=dtype)
+            p = logp.exp()
+            sums[3] -= _rowdot(p, logp).sum()
+            own_log_ratio = logq.gather(1, own_c) - logp.gather(1, own_c)
+            sums[4] += own_log_ratio.clamp(max=log_clip).exp().sum()
+            if n == 0:  # "all": t = min(q, C·p); loss −Σ t·log p; d/dlogits = −(t − Σt·p)
+                buf = logq - logp  # log ratio
+                sums[2] += _rowdot(p, (buf > log_clip).to(dtype)).sum()
+                sums[1] += _rowdot(p, (buf.clamp_(max=log_clip) > 0).to(dtype)).sum()
+                torch.add(logp, log_clip, out=buf)
+                target = torch.minimum(logq, buf, out=buf).exp_()
+                total = target.sum(dim=1, keepdim=True)
+                sums[0] += total.sum()
+                per_token = _rowdot(target, logp)
+                grad = p.mul_(-total).add_(target)  # reuses p's buffer
+                del buf, target
+            else:  # candidates: own token + n−1 inverse-CDF draws; d/dlogits = −(1/n)Σ_i w_i (e_{v_i} − p)
+                cand = own_c if u is None else torch.cat([own_c, inverse_cdf_draws(p, u[s:e])], dim=1)
+                log_ratio = logq.gather(1, cand) - logp.gather(1, cand)
+                w = log_ratio.clamp(max=log_clip).exp()
+                sums[0] += w.sum()
+                sums[1] += (w > 1).sum()
+                sums[2] += (log_ratio > log_clip).sum()
+                per_token = (w * logp.gather(1, cand)).mean(dim=1)
+                grad = p.mul_(-w.sum(dim=1, keepdim=True) / n).scatter_add_(1, cand, w / n)
+            loss -= (per_token * scale_c).sum()
+            del logp, logq
+            grad.mul_(-scale_c.unsqueeze(1))  # d loss / d logits of this chunk
+            grad = grad.to(h.dtype)
+            if need_h:
+                torch.mm(grad, weight, out=grad_h[s:e])
+            if need_w:
+                grad_w.addmm_(grad.t().to(grad_w.dtype), hc.to(grad_w.dtype))
+            del grad, p
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        ctx.mark_non_differentiable(sums)
+        return loss.to(dtype), sums
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_sums):
+        grad_h, grad_w = ctx.saved_tensors
+        gh = None if grad_h is None else grad_h * grad_loss.to(grad_h.dtype)
+        gw = None if grad_w is None else (grad_w * grad_loss.to(grad_w.dtype)).to(ctx.weight_dtype)
+        return gh, None, gw, None, None, None, None, None, None
+
+
 @register("intro")
 class InTRO:
     needs = Needs(policy_grad=True, posterior=True, reference=False, kept_only=True)
     stat_keys = STAT_KEYS
+
+    def needs_for(self, *, logits_chunk_size: int = 0, **_) -> Needs:
+        # With a chunk size the loop hands over last hidden states + the LM head weight instead of logits.
+        return dataclasses.replace(self.needs, hidden_states=logits_chunk_size > 0)
 
     def compute(
         self,
@@ -137,14 +320,32 @@ class InTRO:
         *,
         n_candidates: int | str = 5,
         clip_max: float = 200.0,
+        logits_chunk_size: int = 0,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
-        if inputs.posterior_logits is None:
+        """``intro_loss`` on the logits, or ``intro_loss_from_hidden`` (chunks of ``logits_chunk_size``
+        positions; 1024 when it is 0) when the inputs carry hidden states and the LM head weight."""
+        hidden = inputs.policy_hidden is not None
+        if hidden and (inputs.posterior_hidden is None or inputs.lm_head_weight is None):
+            raise ValueError("intro with policy_hidden needs posterior_hidden and lm_head_weight too")
+        if not hidden and inputs.posterior_logits is None:
             raise ValueError("intro needs posterior_logits (the answer-conditioned x ⊕ y ⊕ z pass)")
         mask = inputs.mask.bool()
         if inputs.rewards is not None:
             # Only correct rationales are trained; a no-op when the loop already filtered them.
             mask = mask & (inputs.rewards > 0).unsqueeze(1)
+        if hidden:
+            return intro_loss_from_hidden(
+                inputs.policy_hidden,
+                inputs.posterior_hidden,
+                inputs.lm_head_weight,
+                inputs.tokens,
+                mask,
+                n_candidates=n_candidates,
+                clip_max=clip_max,
+                generator=generator,
+                chunk_size=logits_chunk_size or 1024,
+            )
         return intro_loss(
             inputs.policy_logits,
             inputs.posterior_logits,
