@@ -148,8 +148,8 @@ def test_rerun_skips_finished_cells_and_resumes_an_interrupted_one(smoke):
 @pytest.mark.slow
 def test_a_failing_cell_is_reported_and_the_others_still_run(tmp_path, tiny_assets):
     # Level 99 does not exist: that cell's dataset is empty after filtering, which only shows at run time.
-    path = write_sweep(tmp_path, BASE.replace('objective = ["sft", "intro"]', '"data.levels" = [[99], [2]]')
-                       + '"train.prompts_per_step" = 2\n"rollout.max_new_tokens" = 8\n')
+    text = BASE.replace('objective = ["sft", "intro"]', '"data.levels" = [[99], [2]]')
+    path = write_sweep(tmp_path, text.replace("[set]\n", '[set]\n"train.prompts_per_step" = 2\n"rollout.max_new_tokens" = 8\n'))
     sweep = sw.load_sweep(path)
     lines: list[str] = []
     sw.run_sweep(sweep, say=lines.append)
@@ -177,6 +177,6 @@ def test_init_adapter_loads_the_saved_weights_and_rejects_a_mismatch(tmp_path, t
     want = {n: p for n, p in model.named_parameters() if p.requires_grad}
     got = {n: p for n, p in started.named_parameters() if p.requires_grad}
     assert want.keys() == got.keys() and all(torch.equal(want[n], got[n]) for n in want)
-    with pytest.raises(ConfigError, match="lora.init_adapter: .* has shape .* different rank"):
+    with pytest.raises(ConfigError, match=r"lora.init_adapter: .* has shape \(16, 128\), this model needs \(8, 128\) \(different rank"):
         load_policy(load_config("recipes/tiny.toml", ["model.name_or_path=tiny-test", "lora.rank=8",
                                                       f'lora.init_adapter="{saved}"']), str(tiny_assets.model_dir))
