@@ -190,6 +190,27 @@ def sweep(
     Console().print(f"report: {path}")
 
 
+@app.command()
+def doctor(
+    recipe: Optional[Path] = typer.Argument(None, help="Recipe TOML (default: recipes/tiny.toml, the tiny demo model)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key: --set model.name_or_path=tiny-test (repeatable)."),
+    skip_smoke: bool = typer.Option(False, "--skip-smoke", help="Environment checks and memory estimate only."),
+) -> None:
+    """Check the environment, run a one-step smoke test on the recipe's model, estimate peak GPU memory."""
+    import sys
+
+    from intro_lite.doctor import run_doctor
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    screen = Console() if sys.stdout.isatty() or os.environ.get("COLUMNS") else Console(width=200)
+    try:
+        ok = run_doctor(recipe, list(set_), smoke=not skip_smoke, console=screen)
+    except ConfigError as e:
+        _fail(str(e))
+        return
+    raise typer.Exit(code=0 if ok else 1)
+
+
 def _warn(msg: str) -> None:
     console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False, soft_wrap=True)
 

@@ -114,7 +114,7 @@ def check_adapter_matches_base(adapter_dir: str | Path, model_path: str) -> None
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ConfigError(f"{adapter_dir}: no adapter_config.json (not a PEFT adapter directory)")
     shapes = _adapter_shapes(adapter_dir)
-    base = _base_config(model_path)
+    base = base_model_config(model_path)
     hidden, layers, heads = base["hidden_size"], base["num_hidden_layers"], base["num_attention_heads"]
     head_dim = base.get("head_dim") or hidden // heads
     q, kv = heads * head_dim, base.get("num_key_value_heads", heads) * head_dim
@@ -162,7 +162,8 @@ def _adapter_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
     raise ConfigError(f"{adapter_dir}: no adapter_model.safetensors (or .bin)")
 
 
-def _base_config(model_path: str) -> dict:
+def base_model_config(model_path: str) -> dict:
+    """The base model's config.json as a dict (a local dir, or a hub name through the HF cache)."""
     import json
 
     from intro_lite.config import ConfigError
