@@ -180,3 +180,24 @@ def test_init_adapter_loads_the_saved_weights_and_rejects_a_mismatch(tmp_path, t
     with pytest.raises(ConfigError, match=r"lora.init_adapter: .* has shape \(16, 128\), this model needs \(8, 128\) \(different rank"):
         load_policy(load_config("recipes/tiny.toml", ["model.name_or_path=tiny-test", "lora.rank=8",
                                                       f'lora.init_adapter="{saved}"']), str(tiny_assets.model_dir))
+
+
+@pytest.mark.slow
+def test_rollout_token_budget_stops_the_run_and_still_finishes_it(tmp_path, tiny_assets):
+    from intro_lite.train import train
+
+    text = BASE.replace("steps = 1", "rollout_tokens = 20").replace("[set]\n", '[set]\n"train.prompts_per_step" = 2\n'
+                                                                      '"rollout.max_new_tokens" = 8\n"eval.source" = "tiny-test"\n'
+                                                                      '"eval.limit" = 4\n"eval.max_new_tokens" = 8\n')
+    sweep = sw.load_sweep(write_sweep(tmp_path, text))
+    cfg = sw.cell_config(sweep, sw.cells(sweep)[1])
+    assert (cfg.train.max_rollout_tokens, cfg.train.steps) == (20, 30)
+    run = train(cfg, progress=False)
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    # 2 prompts x G 4 x at most 8 tokens = at most 64 tokens a step: the budget of 20 is spent within 3 steps.
+    assert 1 <= len(metrics) <= 3 and metrics[-1]["rollout_tokens_total"] >= 20
+    assert all(m["rollout_tokens_total"] < 20 for m in metrics[:-1])
+    evals = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines()]
+    assert [(e["when"], e["step"]) for e in evals] == [("before", 0), ("after", len(metrics))]
+    assert (run / "final" / "adapter_model.safetensors").exists()
+    assert (run / "checkpoints" / f"step-{len(metrics)}" / "COMPLETE").exists()
