@@ -1,0 +1,110 @@
+"""`intro-lite doctor`: the memory estimate against hand-computed numbers, and the whole command on the test preset."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from intro_lite.cli import app
+from intro_lite.config import load_config
+from intro_lite.doctor import estimate_memory
+
+# Qwen2.5-1.5B's config.json, the numbers that matter (1,543,714,304 parameters).
+QWEN25_15B = {"model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+              "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
+              "max_position_embeddings": 131072}
+GiB = 1 << 30
+
+
+def paper_cfg():
+    # recipes/qwen2.5-1.5b.toml's numbers, without its data files (not in every checkout).
+    return load_config(None, ["lora.rank=64", "lora.alpha=128.0", "model.quantization=nf4", "rollout.group_size=4",
+                              "train.prompts_per_step=128", "train.micro_batch_size=4", "rollout.max_new_tokens=1536",
+                              "rollout.max_model_len=2560", "rollout.gpu_memory_utilization=0.45", "data.max_prompt_tokens=512"])
+
+
+def test_estimate_for_qwen25_15b_by_hand():
+    terms = {name: b for name, b, _ in estimate_memory(paper_cfg(), QWEN25_15B)}
+    # Per layer: q 1536*1536 + k, v 1536*256 each + o 1536*1536 + MLP 3*1536*8960 = 46,792,704 linear weights;
+    # q/k/v biases 1536 + 2*256; two norms 2*1536. Embeddings 151936*1536 (tied: no separate lm_head) + final norm.
+    linear = 28 * 46_792_704
+    other = 151_936 * 1536 + 28 * (1536 + 512) + 28 * 2 * 1536 + 1536
+    assert linear + other == 1_543_714_304
+    assert terms["vLLM base weights"] == 1_543_714_304 * 2 == 3_087_428_608  # bf16
+    # NF4: half a byte per linear weight + an 8-bit absmax per 64 + an fp32 absmax per 256*64; the rest stays 16-bit.
+    assert terms["trainer base weights"] == linear // 2 + linear // 64 + linear * 4 // (64 * 256) + other * 2 == 1_142_926_720
+    # LoRA rank 64 on all 7 linears: r * (in + out) per module, 28 layers; fp32 weight + grad + 2 AdamW moments.
+    lora = 28 * 64 * ((1536 + 1536) * 2 + (1536 + 256) * 2 + (1536 + 8960) * 3)
+    assert lora == 73_859_072
+    assert terms["LoRA weights + grads + AdamW"] == lora * 16 == 1_181_745_152
+    # KV cache for every rollout at once: G*P = 512 sequences x 2560 tokens x (K and V, 28 layers, 2 kv heads x 128) x 2 bytes.
+    assert terms["vLLM KV cache"] == 512 * 2560 * 2 * 28 * 256 * 2
+    # Checkpointed activations: 4 rows x (512 + 1536) tokens x (28 layer inputs x 1536 + one layer's
+    # 2*1536 + 2*1536 + 3*256 + 4*8960) x 2 bytes.
+    assert terms["activations"] == 4 * 2048 * (28 * 1536 + 42_752) * 2
+
+
+def test_estimate_with_a_gpu_and_the_largest_term():
+    cfg = paper_cfg()
+    on_24g = estimate_memory(cfg, QWEN25_15B, gpu_total_bytes=24 * GiB)
+    terms = {name: b for name, b, _ in on_24g}
+    # On a GPU, vLLM reserves gpu_memory_utilization of it, weights included: the KV cache gets the rest.
+    assert terms["vLLM KV cache"] == int(0.45 * 24 * GiB) - 3_087_428_608
+    if not cfg.objective_kwargs().get("logits_chunk_size"):  # full [B, T, V] logits: the paper recipe's real risk
+        assert terms["logits"] == 4 * 1536 * 151_936 * 4 * 5
+        assert max(on_24g, key=lambda t: t[1])[0] == "logits"
+    # Untied embeddings add an lm_head of the same size, in both bases.
+    untied = {name: b for name, b, _ in estimate_memory(cfg, {**QWEN25_15B, "tie_word_embeddings": False})}
+    assert untied["vLLM base weights"] - terms["vLLM base weights"] == 151_936 * 1536 * 2
+    assert untied["trainer base weights"] - terms["trainer base weights"] == 151_936 * 1536 * 2
+
+
+def rows(output: str) -> dict[str, tuple[str, str]]:
+    """{check: (status, detail)} from the doctor's table."""
+    found = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if len(cells) == 3 and cells[1] in ("ok", "warn", "fail"):
+            found[cells[0]] = (cells[1], cells[2])
+    return found
+
+
+@pytest.mark.slow
+def test_doctor_on_the_test_preset(tiny_assets):
+    # sft: the test preset gets ~no rollout right, so an InTRO step would train nothing and leave
+    # AdamW without state; with SFT the round trip restores real optimizer moments.
+    env = {**os.environ, "COLUMNS": "400", "VLLM_LOGGING_LEVEL": "ERROR"}
+    cmd = [sys.executable, "-m", "intro_lite.cli", "doctor", "recipes/tiny.toml", "--set", "model.name_or_path=tiny-test",
+           "--set", "data.source=tiny-test", "--set", "objective=sft"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    got = rows(out.stdout)
+    expected = ["python", "torch", "transformers", "peft", "bitsandbytes", "vllm", "math-verify", "device", "vLLM import",
+                "bitsandbytes NF4", "host memory", "model", "context length", "vLLM engine", "training step",
+                "hot-swap rollout", "save -> resume", "NF4 trainer vs vLLM", "logprob parity", "memory estimate"]
+    assert list(got) == expected, out.stdout
+    assert all(got[name][0] == "ok" for name in expected), out.stdout
+    assert "gradient reaches the LoRA weights" in got["bitsandbytes NF4"][1]
+    assert "trained adapter" in got["hot-swap rollout"][1]
+    assert re.search(r"[1-9]\d* optimizer tensors, .* identical", got["save -> resume"][1]), got["save -> resume"]
+    parity = float(re.search(r"max \|vLLM - trainer\| = (\S+) over", got["logprob parity"][1]).group(1))
+    assert parity < 1e-3
+    largest = re.search(r"largest term: (.+) \(", got["memory estimate"][1]).group(1)
+    assert largest in {"vLLM base weights", "trainer base weights", "vLLM KV cache", "activations", "logits",
+                       "LoRA weights + grads + AdamW"}
+    assert f"largest term: {largest}" in out.stdout.split("Peak GPU memory estimate")[1]  # the memory table names it too
+
+
+def test_doctor_failures_exit_1_and_bad_recipe_exits_2(tiny_assets):
+    # No CUDA here: asking for it fails the device-dependent checks, and the exit code says so.
+    result = CliRunner().invoke(app, ["doctor", "recipes/tiny.toml", "--set", "model.name_or_path=tiny-test",
+                                      "--set", "model.device=cuda", "--skip-smoke"], env={"COLUMNS": "400"})
+    assert result.exit_code == 1, result.output
+    got = rows(result.output)
+    assert got["device"] == ("fail", "RuntimeError: model.device = 'cuda' but no CUDA device is available")
+    assert got["smoke test"][0] == "warn" and got["torch"][0] == "ok"
+    bad = CliRunner().invoke(app, ["doctor", "nope.toml"], env={"COLUMNS": "400"})
+    assert bad.exit_code == 2 and bad.output.strip() == "error: nope.toml: file not found", bad.output
