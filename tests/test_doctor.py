@@ -1,5 +1,6 @@
 """`intro-lite doctor`: the memory estimate against hand-computed numbers, and the whole command on the test preset."""
 
+import copy
 import os
 import re
 import subprocess
@@ -53,9 +54,17 @@ def test_estimate_with_a_gpu_and_the_largest_term():
     terms = {name: b for name, b, _ in on_24g}
     # On a GPU, vLLM reserves gpu_memory_utilization of it, weights included: the KV cache gets the rest.
     assert terms["vLLM KV cache"] == int(0.45 * 24 * GiB) - 3_087_428_608
-    if not cfg.objective_kwargs().get("logits_chunk_size"):  # full [B, T, V] logits: the paper recipe's real risk
-        assert terms["logits"] == 4 * 1536 * 151_936 * 4 * 5
-        assert max(on_24g, key=lambda t: t[1])[0] == "logits"
+    # Full [B, T, V] logits: 4 rows x 1536 positions x vocab x 4 bytes x 5 (policy and answer-conditioned
+    # fp32 logits, a log-softmax of each, one loss temporary) = 17.4 GiB, the largest term by far.
+    full = copy.deepcopy(cfg)
+    if hasattr(full.intro, "logits_chunk_size"):
+        full.intro.logits_chunk_size = 0
+    on_24g_full = estimate_memory(full, QWEN25_15B, gpu_total_bytes=24 * GiB)
+    assert dict((n, b) for n, b, _ in on_24g_full)["logits"] == 4 * 1536 * 151_936 * 4 * 5
+    assert max(on_24g_full, key=lambda t: t[1])[0] == "logits"
+    if getattr(cfg.intro, "logits_chunk_size", 0):  # InTRO's position-chunked loss: ~4 [chunk, V] fp32 buffers
+        assert terms["logits"] == cfg.intro.logits_chunk_size * 151_936 * 4 * 4
+        assert max(on_24g, key=lambda t: t[1])[0] == "vLLM KV cache"
     # Untied embeddings add an lm_head of the same size, in both bases.
     untied = {name: b for name, b, _ in estimate_memory(cfg, {**QWEN25_15B, "tie_word_embeddings": False})}
     assert untied["vLLM base weights"] - terms["vLLM base weights"] == 151_936 * 1536 * 2
