@@ -113,6 +113,7 @@ def check_adapter_matches_base(adapter_dir: str | Path, model_path: str) -> None
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ConfigError(f"{adapter_dir}: no adapter_config.json (not a PEFT adapter directory)")
+    _check_vllm_can_load(adapter_dir)
     shapes = _adapter_shapes(adapter_dir)
     base = base_model_config(model_path)
     hidden, layers, heads = base["hidden_size"], base["num_hidden_layers"], base["num_attention_heads"]
@@ -143,6 +144,27 @@ def check_adapter_matches_base(adapter_dir: str | Path, model_path: str) -> None
             raise ConfigError(f"{adapter_dir}: {key} has shape {tuple(shape)}, but {module}'s "
                               f"{('in', 'out')[side]}_features in the base {model_path} is {want} ({what}); "
                               f"the adapter was trained on a different base")
+
+
+def _check_vllm_can_load(adapter_dir: Path) -> None:
+    """DoRA, LoRA biases, modules_to_save, a rank above 512: vLLM refuses these with a traceback mid-run."""
+    import json
+
+    from intro_lite.config import ConfigError
+    from intro_lite.engine import check_lora_compat
+
+    try:
+        cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{adapter_dir / 'adapter_config.json'}: malformed JSON: {e}") from None
+    rank = max([int(cfg.get("r", 8)), *map(int, (cfg.get("rank_pattern") or {}).values())])
+    modules = cfg.get("target_modules")
+    try:  # a regex string of target modules is not checked by name
+        check_lora_compat(rank, modules if isinstance(modules, list) else "all-linear", bias=cfg.get("bias", "none"),
+                          use_dora=bool(cfg.get("use_dora")), modules_to_save=cfg.get("modules_to_save"),
+                          init_lora_weights=cfg.get("init_lora_weights", True))
+    except ValueError as e:
+        raise ConfigError(f"{adapter_dir}: {e}") from None
 
 
 def _adapter_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:

@@ -148,6 +148,19 @@ def test_adapter_on_a_base_with_another_hidden_size(full_run, tiny_assets, tmp_p
     (deep / "adapter_model.safetensors").write_bytes(blob[: len(blob) // 2])
     with pytest.raises(ConfigError, match=r"adapter_model.safetensors: unreadable safetensors file"):
         check_adapter_matches_base(deep, str(tiny_assets.model_dir))
+    # An adapter vLLM cannot serve at all (DoRA) fails the same way instead of a vLLM traceback mid-eval.
+    dora = tmp_path / "dora"
+    make_dora(tiny_assets.model_dir, dora)
+    with pytest.raises(ConfigError, match=r"dora: vLLM cannot load DoRA adapters"):
+        check_adapter_matches_base(dora, str(tiny_assets.model_dir))
+
+
+def make_dora(model_dir, out):
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj"], use_dora=True)).save_pretrained(str(out))
 
 
 def build_two_layer_base(tok, tmp_path):
