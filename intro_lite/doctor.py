@@ -240,9 +240,8 @@ def smoke_cfg(cfg: Config, out_dir: Path) -> Config:
     c.train.steps, c.train.prompts_per_step, c.train.checkpoint_every = 1, min(cfg.train.prompts_per_step, 2), 0
     c.train.max_nonfinite_steps = 0  # a non-finite first step is a failure here, not a skip
     c.rollout.max_new_tokens = min(cfg.rollout.max_new_tokens, 32)
-    c.eval.source = ""
-    if hasattr(c.eval, "every"):
-        c.eval.every = 0
+    c.eval.source, c.eval.every = "", 0
+    c.train.max_rollout_tokens = 0
     return c
 
 
