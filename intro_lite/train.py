@@ -35,10 +35,11 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
     `engine`/`grader` let a caller (a sweep, a benchmark) share one vLLM engine over many runs of
     the same base; they are left open. Otherwise both are made here and closed at the end."""
     run_dir = cfg.run_dir
+    model_path = resolve_model_path(cfg.model.name_or_path)
+    check_context_length(cfg, model_path)
     prepare_run_dir(cfg, resume=resume)
     ckpt = latest_checkpoint(cfg) if resume else None
     seed_everything(cfg.seed)
-    model_path = resolve_model_path(cfg.model.name_or_path)
     objective = get_objective(cfg.objective)
     okw = cfg.objective_kwargs()
     needs = needs_of(objective, **okw)
@@ -201,6 +202,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def check_context_length(cfg: Config, model_path: str) -> None:
+    """vLLM refuses a max_model_len beyond the model's positions; say so in one line before anything is written."""
+    from intro_lite.policy import base_model_config
+
+    limit = base_model_config(model_path).get("max_position_embeddings")
+    if limit and cfg.rollout.max_model_len > limit:
+        raise ConfigError(f"rollout.max_model_len = {cfg.rollout.max_model_len} exceeds {model_path}'s "
+                          f"max_position_embeddings ({limit})")
 
 
 def engine_settings(cfg: Config, model_path: str) -> dict:
@@ -432,13 +443,16 @@ def save_checkpoint(cfg: Config, model, optimizer, scheduler, sampler, step: int
     return final
 
 
-def latest_checkpoint(cfg: Config) -> Path:
-    """The newest complete checkpoint (its COMPLETE marker written last); partial ones are ignored."""
+def latest_checkpoint(cfg: Config) -> Path | None:
+    """The newest complete checkpoint (its COMPLETE marker written last); partial ones are ignored.
+    None if the run died before its first one: the run then starts again from step 0, its logs cleared."""
     root = cfg.run_dir / "checkpoints"
     done = sorted((p for p in root.glob("step-*") if (p / "COMPLETE").exists()), key=lambda p: int(p.name[5:]))
-    if not done:
-        raise ConfigError(f"--resume: {root} has no complete checkpoint")
-    return done[-1]
+    if done:
+        return done[-1]
+    for name in ("metrics.jsonl", "eval.jsonl"):
+        (cfg.run_dir / name).unlink(missing_ok=True)
+    return None
 
 
 def restore_checkpoint(ckpt: Path, model, optimizer, scheduler, sampler) -> tuple[int, int]:

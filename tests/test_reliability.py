@@ -88,17 +88,25 @@ def test_kill_during_checkpoint_write_then_resume(full_run, tmp_path, monkeypatc
     assert no_partial_files(tmp_path / "cut") == []
 
 
-def test_kill_before_the_first_checkpoint(tiny_assets, tmp_path):
-    # Killed after step 1 with checkpoint_every = 2: there is nothing to resume from.
+def test_kill_before_the_first_checkpoint_resumes_from_step_0(tiny_assets, tmp_path):
+    # Killed after step 1 with checkpoint_every = 2: nothing to restore, so --resume starts the run again.
     killed = run_cli(tmp_path, "early", *TEST_PRESET, fault_after=1)
     assert killed.returncode == -9, killed.stderr[-2000:]
-    before = (tmp_path / "early" / "metrics.jsonl").read_text()
+    assert len(metrics(tmp_path / "early" / "metrics.jsonl")) == 1
     resumed = run_cli(tmp_path, "early", *TEST_PRESET, resume=True)
-    assert resumed.returncode == 2
-    assert error_lines(resumed.stderr) == [f"error: --resume: {tmp_path / 'early' / 'checkpoints'} has no complete checkpoint"]
-    assert (tmp_path / "early" / "metrics.jsonl").read_text() == before  # the refusal touched nothing
-    # NOTE (docs/reliability.md): a fresh start under the same name is refused too ("a run already
-    # exists here; use --resume ..."), so the way out today is removing the run dir by hand.
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    runs = metrics(tmp_path / "early" / "metrics.jsonl")
+    assert [r["step"] for r in runs] == [1, 2, 3, 4]  # step 1 logged once, not twice
+    assert (tmp_path / "early" / "final" / "adapter_model.safetensors").exists()
+    assert no_partial_files(tmp_path / "early") == []
+
+
+def test_context_longer_than_the_model_fails_before_anything_is_written(tiny_assets, tmp_path):
+    out = run_cli(tmp_path, "long", *TEST_PRESET, "--set", "rollout.max_model_len=1024")
+    assert out.returncode == 2
+    [line] = error_lines(out.stderr)
+    assert line.startswith("error: rollout.max_model_len = 1024 exceeds ") and line.endswith("max_position_embeddings (512)")
+    assert not (tmp_path / "long").exists()
 
 
 def test_nan_streak_aborts_with_one_line(tiny_assets, tmp_path, monkeypatch):
