@@ -109,6 +109,7 @@ class EvalConfig:
 class IntroConfig:
     n_candidates: int | Literal["all"] = 5
     clip_max: float = 200.0
+    logits_chunk_size: int = 256  # > 0: loss from hidden states, logits made this many positions at a time; 0 = full logits
 
 
 # Objective sections: the keyword arguments of each objective's `compute` (defaults as in
@@ -378,6 +379,7 @@ def validate(cfg: Config) -> None:
     n = cfg.intro.n_candidates
     _require(n == "all" or n >= 1, "intro.n_candidates", f"must be >= 1 or \"all\", got {n}")
     _require(cfg.intro.clip_max > 0, "intro.clip_max", f"must be > 0, got {cfg.intro.clip_max}")
+    _require(cfg.intro.logits_chunk_size >= 0, "intro.logits_chunk_size", f"must be >= 0, got {cfg.intro.logits_chunk_size}")
     _require(lo.alpha > 0, "lora.alpha", f"must be > 0, got {lo.alpha}")
     _require(0 <= lo.dropout < 1, "lora.dropout", f"must be in [0, 1), got {lo.dropout}")
     _require(len(lo.target_modules) > 0, "lora.target_modules", "must name at least one module")

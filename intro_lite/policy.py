@@ -228,19 +228,38 @@ def pad_concat(prefixes: list[list[int]], suffixes: list[list[int]], pad_id: int
     return ids.to(device), attn.to(device), pred_pos.to(device), mask.to(device)
 
 
-def suffix_logits(model, prefixes: list[list[int]], suffixes: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits `[B, T, V]` predicting each suffix token given prefix ⊕ suffix<t, the suffix ids `[B, T]`
-    and mask `[B, T]`. The LM head runs only on suffix positions, so prompt positions cost no V-wide
-    logits. Grad mode is the caller's (wrap in torch.no_grad() for the posterior pass)."""
+def suffix_hidden(model, prefixes: list[list[int]], suffixes: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Last hidden states `[B, T, H]` at the positions that predict each suffix token (given
+    prefix ⊕ suffix<t), the suffix ids `[B, T]` and mask `[B, T]`: `suffix_logits` before the LM
+    head (`lm_head_weight`), for losses that make the logits themselves, chunk by chunk. Grad mode
+    is the caller's."""
     device = next(p for p in model.parameters()).device
     ids, attn, pred_pos, mask = pad_concat(prefixes, suffixes, pad_id, device)
     base = model.get_base_model()  # LoRA layers are injected in place, so the adapter stays active
     hidden = base.model(input_ids=ids, attention_mask=attn).last_hidden_state  # [B, L, H]
     picked = torch.gather(hidden, 1, pred_pos.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))
-    logits = base.lm_head(picked).float()
     tokens = torch.zeros_like(pred_pos)
     for b, s in enumerate(suffixes):
         tokens[b, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return picked, tokens, mask
+
+
+def lm_head_weight(model) -> torch.Tensor:
+    """The LM head's `[V, H]` weight (tied to the embeddings for some models; never LoRA-adapted here)."""
+    head = model.get_base_model().lm_head
+    if getattr(head, "bias", None) is not None:
+        raise ValueError("the chunked logits path assumes an LM head without bias")
+    if hasattr(head.weight, "quant_state"):
+        raise ValueError("the chunked logits path needs an unquantized LM head")
+    return head.weight
+
+
+def suffix_logits(model, prefixes: list[list[int]], suffixes: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits `[B, T, V]` predicting each suffix token given prefix ⊕ suffix<t, the suffix ids `[B, T]`
+    and mask `[B, T]`. The LM head runs only on suffix positions, so prompt positions cost no V-wide
+    logits. Grad mode is the caller's (wrap in torch.no_grad() for the posterior pass)."""
+    picked, tokens, mask = suffix_hidden(model, prefixes, suffixes, pad_id)
+    logits = model.get_base_model().lm_head(picked).float()
     return logits, tokens, mask
 
 

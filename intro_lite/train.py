@@ -25,7 +25,8 @@ from intro_lite.evaluate import score
 from intro_lite.grading import Grader
 from intro_lite.objectives.baselines import cut_before_marker, segment_boundaries, select_prefix_points, token_entropy
 from intro_lite.objectives import BatchInfo, ObjectiveInputs, get_objective, needs_of
-from intro_lite.policy import load_policy, resolve_device, resolve_dtype, save_adapter, suffix_logits, trainable_parameters
+from intro_lite.policy import (lm_head_weight, load_policy, resolve_device, resolve_dtype, save_adapter, suffix_hidden,
+                               suffix_logits, trainable_parameters)
 
 
 def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: RolloutEngine | None = None,
@@ -92,7 +93,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
                 with timer("forward"):
                     inputs = forward_passes(model, needs, okw, chunk, pad_id, tokenizer, problems, cfg)
                     inputs.batch = batch if needs.batch_totals else None
-                    gen = torch.Generator(device=inputs.policy_logits.device).manual_seed(cfg.seed * 7_919 + step * 1_000 + c)
+                    gen = torch.Generator(device=inputs.tokens.device).manual_seed(cfg.seed * 7_919 + step * 1_000 + c)
                     loss, stats = objective.compute(inputs, **okw, generator=gen)
                 if str(step) in os.environ.get("INTRO_LITE_FAULT_NAN_STEPS", "").split(","):  # fault injection
                     loss = loss * float("nan")
@@ -296,19 +297,29 @@ def forward_passes(model, needs, okw: dict, chunk: list[Row], pad_id: int, token
     reference (adapter off), IAPO's answer probe, RePro's prefix scores. All no-grad except the first."""
     x = [r.x for r in chunk]
     suffixes = [r.suffix for r in chunk]
-    logits, tokens, full_mask = suffix_logits(model, x, suffixes, pad_id)
-    n_loss = torch.tensor([r.n_loss for r in chunk], device=logits.device)
-    pos = torch.arange(tokens.shape[1], device=logits.device)
+    # needs.hidden_states: last hidden states + the LM head weight; the objective makes the logits in chunks.
+    passes = suffix_hidden if needs.hidden_states else suffix_logits
+    out, tokens, full_mask = passes(model, x, suffixes, pad_id)
+    logits = None if needs.hidden_states else out
+    device = tokens.device
+    n_loss = torch.tensor([r.n_loss for r in chunk], device=device)
+    pos = torch.arange(tokens.shape[1], device=device)
     mask = (pos[None, :] < n_loss[:, None]).float() * full_mask
     inputs = ObjectiveInputs(tokens=tokens, mask=mask, policy_logits=logits,
-                             rewards=torch.tensor([r.reward for r in chunk], device=logits.device),
-                             group_ids=torch.tensor([r.group for r in chunk], device=logits.device),
+                             rewards=torch.tensor([r.reward for r in chunk], device=device),
+                             group_ids=torch.tensor([r.group for r in chunk], device=device),
                              max_completion_length=cfg.rollout.max_new_tokens)
+    if needs.hidden_states:
+        inputs.policy_hidden, inputs.lm_head_weight = out, lm_head_weight(model)
     if needs.answer_suffix:
         inputs.answer_mask = full_mask - mask
     with torch.no_grad():
         if needs.posterior:
-            inputs.posterior_logits, _, _ = suffix_logits(model, [r.xy for r in chunk], suffixes, pad_id)
+            posterior, _, _ = passes(model, [r.xy for r in chunk], suffixes, pad_id)
+            if needs.hidden_states:
+                inputs.posterior_hidden = posterior
+            else:
+                inputs.posterior_logits = posterior
         if needs.reference:
             with model.disable_adapter():
                 ref, _, _ = suffix_logits(model, x, suffixes, pad_id)
