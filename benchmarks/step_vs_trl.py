@@ -172,8 +172,7 @@ def intro_child(args, model_dir: Path, workdir: Path) -> dict:
     from intro_lite.config import load_config
     from intro_lite.engine import RolloutEngine
     from intro_lite.grading import Grade
-    from intro_lite.policy import resolve_device, resolve_dtype
-    from intro_lite.train import train
+    from intro_lite.train import engine_settings, train
 
     starts: list[float] = []
 
@@ -214,13 +213,7 @@ def intro_child(args, model_dir: Path, workdir: Path) -> dict:
         overrides.append("grpo.beta=0.0")
     overrides += args.set
     cfg = load_config(None, overrides)
-    device = resolve_device(cfg.model.device)
-    engine = FixedLengthEngine(
-        str(model_dir), max_lora_rank=cfg.lora.rank, max_model_len=cfg.rollout.max_model_len,
-        dtype=str(resolve_dtype(cfg.model.dtype, device)).removeprefix("torch."),
-        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, seed=cfg.seed,
-        enforce_eager=cfg.rollout.enforce_eager,
-    )
+    engine = FixedLengthEngine(**engine_settings(cfg, str(model_dir)))  # the engine train() would make
     try:
         run = train(cfg, progress=False, engine=engine, grader=BenchGrader(objective == "intro"))
     finally:
@@ -446,7 +439,8 @@ def step_mode(args) -> None:
         runs = results[kind]
         step = statistics.median(s for run in runs for s in run["step_s"])
         parts = {k: statistics.median(v for run in runs for v in run["parts"][k]) for k in runs[0]["parts"]}
-        other = step - sum(parts.values())
+        other = statistics.median(s - sum(run["parts"][k][i] for k in run["parts"])
+                                  for run in runs for i, s in enumerate(run["step_s"]))
         tokens = statistics.median(t for run in runs for t in run["trained_tokens"])
         rss = max(run["peak_rss_mb"] for run in runs)
         util = flops[kind] / step / (peak * 1e9) * 100
