@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -228,20 +229,59 @@ def pad_concat(prefixes: list[list[int]], suffixes: list[list[int]], pad_id: int
     return ids.to(device), attn.to(device), pred_pos.to(device), mask.to(device)
 
 
+# A forward pass costs about this many padded tokens of fixed overhead (module calls, small kernels):
+# splitting a batch into length buckets pays only when it saves more padding than that.
+BUCKET_OVERHEAD_TOKENS = 64
+
+
+def length_buckets(lengths: list[int], overhead: int | None = None) -> list[list[int]]:
+    """Row indices grouped so that padding each group to its own longest row costs the fewest tokens,
+    counting ``overhead`` (default BUCKET_OVERHEAD_TOKENS) tokens per group: rows sorted by length,
+    cut by dynamic programming."""
+    overhead = BUCKET_OVERHEAD_TOKENS if overhead is None else overhead
+    order = sorted(range(len(lengths)), key=lambda b: lengths[b])
+    n = len(order)
+    best = [0.0] + [math.inf] * n  # best[j]: cost of the first j sorted rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            cost = best[i] + (j - i) * lengths[order[j - 1]] + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
+
+
 def suffix_hidden(model, prefixes: list[list[int]], suffixes: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Last hidden states `[B, T, H]` at the positions that predict each suffix token (given
     prefix ⊕ suffix<t), the suffix ids `[B, T]` and mask `[B, T]`: `suffix_logits` before the LM
     head (`lm_head_weight`), for losses that make the logits themselves, chunk by chunk. Grad mode
-    is the caller's."""
+    is the caller's. Rows run in length buckets (`length_buckets`), each padded only to its own
+    longest prefix ⊕ suffix; hidden states at padded suffix positions (mask 0) are meaningless."""
     device = next(p for p in model.parameters()).device
-    ids, attn, pred_pos, mask = pad_concat(prefixes, suffixes, pad_id, device)
     base = model.get_base_model()  # LoRA layers are injected in place, so the adapter stays active
-    hidden = base.model(input_ids=ids, attention_mask=attn).last_hidden_state  # [B, L, H]
-    picked = torch.gather(hidden, 1, pred_pos.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))
-    tokens = torch.zeros_like(pred_pos)
+    T = max(len(s) for s in suffixes)
+    groups = length_buckets([len(p) + len(s) for p, s in zip(prefixes, suffixes)])
+    pieces = []
+    for rows in groups:
+        ids, attn, pred_pos, _ = pad_concat([prefixes[b] for b in rows], [suffixes[b] for b in rows], pad_id, device)
+        hidden = base.model(input_ids=ids, attention_mask=attn).last_hidden_state  # [b, L, H]
+        picked = torch.gather(hidden, 1, pred_pos.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))
+        pieces.append(torch.nn.functional.pad(picked, (0, 0, 0, T - picked.shape[1])))
+    picked = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+    if len(groups) > 1 or groups[0] != list(range(len(prefixes))):
+        where = torch.empty(len(prefixes), dtype=torch.long)
+        where[[b for rows in groups for b in rows]] = torch.arange(len(prefixes))
+        picked = picked.index_select(0, where.to(device))  # back to the callers' row order
+    tokens = torch.zeros((len(suffixes), T), dtype=torch.long)
+    mask = torch.zeros((len(suffixes), T), dtype=torch.float32)
     for b, s in enumerate(suffixes):
         tokens[b, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return picked, tokens, mask
+        mask[b, : len(s)] = 1.0
+    return picked, tokens.to(device), mask.to(device)
 
 
 def lm_head_weight(model) -> torch.Tensor:
