@@ -165,6 +165,8 @@ def peak_rss_mb() -> float:
 
 def intro_child(args, model_dir: Path, workdir: Path) -> dict:
     """intro-lite's own loop (train()) with a fixed-length engine and the benchmark's grader."""
+    from intro_lite.train import engine_settings, train  # first, as `intro-lite train` imports it: before torch
+
     import random
 
     import torch
@@ -172,7 +174,6 @@ def intro_child(args, model_dir: Path, workdir: Path) -> dict:
     from intro_lite.config import load_config
     from intro_lite.engine import RolloutEngine
     from intro_lite.grading import Grade
-    from intro_lite.train import engine_settings, train
 
     starts: list[float] = []
 
@@ -366,9 +367,15 @@ def run_child(kind: str, args, extra: list[str], logdir: Path) -> dict:
            "--warmup", str(args.warmup), "--data", str(args.data), "--quantization", args.quantization, *extra]
     for s in args.set:
         cmd += ["--set", s]
+    env = dict(os.environ)
+    if args.threads:  # every side, and its vLLM / HF generate, gets the same thread budget
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    # intro-lite's loop sets OMP_WAIT_POLICY=PASSIVE (setdefault) before torch loads; TRL gets it too,
+    # so a busy machine's spin-wait stalls do not count against either side.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     t = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     if proc.returncode != 0 or not result.exists():
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
         raise SystemExit(f"{kind} run failed (exit {proc.returncode}); log {log}:\n{tail}")
@@ -389,12 +396,14 @@ def step_mode(args) -> None:
     from transformers import AutoTokenizer
 
     console = Console(width=200)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model_dir = ensure_model(args.data)
     versions = {m: __import__(m).__version__ for m in ("torch", "transformers", "peft", "vllm", "trl")}
     console.print(f"machine: {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load {load_average()} (start)")
     console.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     peak = matmul_peak()
-    console.print(f"measured fp32 matmul peak (2048³, best of 6 s): {peak:.1f} GFLOP/s")
+    console.print(f"measured fp32 matmul peak (2048³, best of 6 s, {torch.get_num_threads()} threads): {peak:.1f} GFLOP/s")
 
     # FLOPs of the workload: the prompts every side sees, in order.
     from intro_lite.config import load_config
@@ -429,8 +438,8 @@ def step_mode(args) -> None:
     console.print(f"load at end: {load_average()}; child logs in {logdir}")
 
     names = {"intro": "intro-lite intro", "grpo": "intro-lite grpo β=0", "trl": f"TRL {versions['trl']} GRPO β=0 (HF generate)"}
-    table = Table(title=f"{PROMPTS} prompts × G={G} × {NEW_TOKENS} new tokens per step, fp32 CPU, LoRA r={RANK}; "
-                        f"median of {args.steps} steps × {args.repeats} runs")
+    table = Table(title=f"{PROMPTS} prompts × G={G} × {NEW_TOKENS} new tokens per step, fp32 CPU, LoRA r={RANK}, "
+                        f"{torch.get_num_threads()} torch threads; median of {args.steps} steps × {args.repeats} runs")
     for col in ("side", "s/step", "rollouts/s", "trained tok/s", "peak RSS MB", "GFLOP/step", "util %",
                 "rollout", "grading", "forward", "backward", "sync", "other"):
         table.add_column(col, justify="left" if col == "side" else "right")
@@ -501,6 +510,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured steps at the start of each run")
     ap.add_argument("--repeats", type=int, default=2, help="runs per side, alternating")
     ap.add_argument("--sides", default="intro,grpo,trl")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="OMP/torch threads for every side and the peak measurement (0 = torch's default, all cores)")
     ap.add_argument("--quantization", choices=["none", "nf4"], default="none",
                     help="intro-lite's trainer base (TRL always fp32); none = fp32 parity with TRL")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MATH-style jsonl (problem, solution)")

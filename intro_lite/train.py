@@ -14,8 +14,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
+# OpenMP threads sleep at barriers instead of spinning. libgomp reads this when torch loads, so it is
+# set before torch is imported (a user's own setting wins). With another busy process on the 2 cores
+# here, spinning threads stalled each other: policy forward + backward 30 s vs 6.4 s (docs/performance.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from intro_lite.config import Config, ConfigError, load_config, to_toml
 from intro_lite.benchmarks import load_benchmark
