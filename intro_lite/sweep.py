@@ -250,13 +250,10 @@ def _record_failure(run_dir: Path, text: str) -> None:
     _write_atomic(run_dir / "FAILED", text)
 
 
-def _write_atomic(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_atomic(path: Path, text: str) -> None:
+    from intro_lite.train import write_atomic  # the project's one atomic writer (temp name, fsync, rename)
+
+    write_atomic(path, text)
 
 
 # ------------------------------------------------------------------------------------------------
