@@ -237,8 +237,9 @@ def intro_loss_from_hidden(
 
 
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
-    """Σ_v a[i, v]·b[i, v] per row, as a batched mat-vec (no [N, V] temporary)."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+    """Σ_v a[i, v]·b[i, v] per row. (Not a batched mat-vec: MKL's fp32 bmm of this shape summed
+    152k terms to 2.5e-4 relative error, vecdot's reduction to 1.3e-7.)"""
+    return torch.linalg.vecdot(a, b)
 
 
 class _ChunkedIntro(torch.autograd.Function):
