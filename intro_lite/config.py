@@ -109,7 +109,7 @@ class EvalConfig:
 class IntroConfig:
     n_candidates: int | Literal["all"] = 5
     clip_max: float = 200.0
-    logits_chunk_size: int = 256  # > 0: loss from hidden states, logits made this many positions at a time; 0 = full logits
+    logits_chunk_size: int = 128  # > 0: loss from hidden states, logits made this many positions at a time; 0 = full logits
 
 
 # Objective sections: the keyword arguments of each objective's `compute` (defaults as in

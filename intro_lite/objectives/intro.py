@@ -157,7 +157,7 @@ def intro_loss_from_hidden(
     n_candidates: int | str = 5,
     clip_max: float = 200.0,
     generator: torch.Generator | None = None,
-    chunk_size: int = 256,
+    chunk_size: int = 128,
 ) -> tuple[Tensor, dict[str, float]]:
     """``intro_loss`` from the last hidden states, never holding full-vocabulary tensors for all positions.
 
@@ -325,7 +325,7 @@ class InTRO:
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """``intro_loss`` on the logits, or ``intro_loss_from_hidden`` (chunks of ``logits_chunk_size``
-        positions; 256 when it is 0) when the inputs carry hidden states and the LM head weight."""
+        positions; 128 when it is 0) when the inputs carry hidden states and the LM head weight."""
         hidden = inputs.policy_hidden is not None
         if hidden and (inputs.posterior_hidden is None or inputs.lm_head_weight is None):
             raise ValueError("intro with policy_hidden needs posterior_hidden and lm_head_weight too")
@@ -345,7 +345,7 @@ class InTRO:
                 n_candidates=n_candidates,
                 clip_max=clip_max,
                 generator=generator,
-                chunk_size=logits_chunk_size or 256,
+                chunk_size=logits_chunk_size or 128,
             )
         return intro_loss(
             inputs.policy_logits,
