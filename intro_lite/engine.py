@@ -532,8 +532,13 @@ class RolloutEngine:
         max_new_tokens: int,
         seed: int | None = None,
         ignore_eos: bool = False,
+        logprobs: bool = True,
     ) -> list[list[Sample]]:
         """Sample ``n`` continuations per prompt with the current adapter.
+
+        ``logprobs=False`` skips vLLM's per-token log-prob gather (``Sample.logprobs`` is then
+        empty): a seventh of a rollout's time on the 28M benchmark model, wasted when the caller
+        recomputes log-probs itself (the training loop).
 
         Returns one list of ``n`` ``Sample`` per prompt, in prompt order. With
         ``seed`` set, prompt ``i`` uses seeds ``seed + i*n ... seed + i*n + n-1``
@@ -562,7 +567,7 @@ class RolloutEngine:
                     top_p=top_p,
                     max_tokens=max_new_tokens,
                     seed=None if seed is None else seed + i * n,
-                    logprobs=0,
+                    logprobs=0 if logprobs else None,
                     ignore_eos=ignore_eos,
                 )
             )
@@ -575,8 +580,8 @@ class RolloutEngine:
             samples = []
             for comp in sorted(out.outputs, key=lambda c: c.index):
                 toks = list(comp.token_ids)
-                lps = comp.logprobs
-                if lps is None or len(lps) != len(toks):
+                lps = comp.logprobs if logprobs else []
+                if logprobs and (lps is None or len(lps) != len(toks)):
                     raise RuntimeError(
                         f"vLLM returned {0 if lps is None else len(lps)} logprobs for "
                         f"{len(toks)} tokens"
@@ -584,7 +589,7 @@ class RolloutEngine:
                 samples.append(
                     Sample(
                         token_ids=toks,
-                        logprobs=[float(lps[j][t].logprob) for j, t in enumerate(toks)],
+                        logprobs=[float(lps[j][t].logprob) for j, t in enumerate(toks)] if logprobs else [],
                         text=comp.text,
                         finish_reason=str(comp.finish_reason),
                     )

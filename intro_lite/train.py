@@ -80,7 +80,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
             with timer("rollout"):
                 groups = engine.generate([x_ids[i] for i in idx], n=G, temperature=cfg.rollout.temperature,
                                          top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
-                                         seed=cfg.seed * 1_000_003 + step)
+                                         seed=cfg.seed * 1_000_003 + step, logprobs=False)
             # 3. grade; the objective decides which rows it trains on (correct only, all, gold solutions)
             with timer("grading"):
                 grades = grader.grade([(problems[i].answer, s.text) for i, g in zip(idx, groups) for s in g])
