@@ -189,12 +189,19 @@ def intro_child(args, model_dir: Path, workdir: Path) -> dict:
     from intro_lite.grading import Grade
 
     starts: list[float] = []
+    prof = None
+    if args.profile:
+        prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
 
     class FixedLengthEngine(RolloutEngine):
         """Exactly `max_new_tokens` per rollout: EOS ignored. Records when each step's rollout starts."""
 
         def generate(self, *a, **kw):
             starts.append(time.perf_counter())
+            if prof is not None and len(starts) == args.warmup + 1:  # profile the measured steps only
+                prof.start()
+            if prof is not None and len(starts) == args.warmup + args.steps + 1:
+                prof.stop()
             kw["ignore_eos"] = True
             return super().generate(*a, **kw)
 
@@ -236,10 +243,24 @@ def intro_child(args, model_dir: Path, workdir: Path) -> dict:
     step_s = [b - a for a, b in zip(starts, starts[1:])]
     measured = range(args.warmup, args.warmup + args.steps)
     parts = {k: [metrics[i][f"time_{k}"] for i in measured] for k in ("rollout", "grading", "forward", "backward", "sync")}
-    return {"step_s": [step_s[i] for i in measured], "parts": parts,
+    profile = profile_tables(prof, args.steps) if prof is not None else ""
+    return {"step_s": [step_s[i] for i in measured], "parts": parts, "profile": profile,
             "rollouts": PROMPTS * G, "trained_tokens": [PROMPTS * G * NEW_TOKENS] * args.steps,
             "mean_length": [metrics[i]["mean_length"] for i in measured], "peak_rss_mb": peak_rss_mb(),
             "threads": torch.get_num_threads()}
+
+
+def profile_tables(prof, steps: int) -> str:
+    """The loop's phases (its Timer spans are profiler ranges), then the ops by self time with their
+    input shapes, per step: enough to say which matmuls are the LM head / loss and which the model."""
+    events = prof.key_averages()
+    phases = [e for e in events if e.key in ("rollout", "grading", "forward", "backward", "sync")]
+    lines = ["phase      s/step"] + [f"{e.key:<10} {e.cpu_time_total / 1e6 / steps:6.2f}" for e in phases]
+    total = sum(e.self_cpu_time_total for e in events) / 1e6 / steps
+    lines.append(f"(all ops, self time: {total:.2f} s/step)")
+    table = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=30,
+                                                                max_name_column_width=40, max_shapes_column_width=70)
+    return "\n".join(lines) + "\n" + table
 
 
 def trl_child(args, model_dir: Path, workdir: Path) -> dict:
@@ -327,7 +348,8 @@ def trl_child(args, model_dir: Path, workdir: Path) -> dict:
     measured = range(args.warmup, args.warmup + args.steps)
     parts = {k: [times[k][i] for i in measured] for k in ("rollout", "grading", "forward", "backward")}
     parts["sync"] = [0.0] * args.steps
-    return {"step_s": [step_s[i] for i in measured], "parts": parts, "rollouts": PROMPTS * G,
+    profile = profile_tables(prof, args.steps) if prof is not None else ""
+    return {"step_s": [step_s[i] for i in measured], "parts": parts, "profile": profile, "rollouts": PROMPTS * G,
             "trained_tokens": [PROMPTS * G * NEW_TOKENS] * args.steps, "peak_rss_mb": peak_rss_mb(),
             "threads": torch.get_num_threads(), "trl": __import__("trl").__version__}
 
@@ -447,6 +469,14 @@ def step_mode(args) -> None:
                   f"{n_params['hidden_size']} hidden, {n_params['num_hidden_layers']} layers, vocab {n_params['vocab_size']})")
 
     kinds = [k for k in ("intro", "grpo", "trl") if k in args.sides.split(",")]
+    if args.profile:
+        logdir = Path(tempfile.mkdtemp(prefix="intro-lite-bench-"))
+        for kind in (k for k in kinds if k != "trl"):
+            out = run_child(kind, args, ["--profile"], logdir)
+            console.print(f"[bold]{kind}[/bold]: torch.profiler over {args.steps} measured steps "
+                          f"(median step {statistics.median(out['step_s']):.2f} s under the profiler)")
+            console.print(out["profile"], markup=False, highlight=False)
+        return
     results: dict[str, list[dict]] = {k: [] for k in kinds}
     logdir = Path(tempfile.mkdtemp(prefix="intro-lite-bench-"))
     for r in range(args.repeats):
@@ -541,6 +571,9 @@ def main() -> None:
     ap.add_argument("--chunks", default="128,256,1024", help="loss-memory: chunk sizes to measure")
     ap.add_argument("--loss-n", default="5,all", help="loss-memory: n_candidates values")
     ap.add_argument("--loss-repeats", type=int, default=2)
+    ap.add_argument("--profile", action="store_true",
+                    help="step: run each intro-lite side once under torch.profiler (measured steps only) and print "
+                         "its phases and top ops instead of the comparison")
     ap.add_argument("--n-candidates", default="5", help=argparse.SUPPRESS)
     ap.add_argument("--chunk", type=int, default=1024, help=argparse.SUPPRESS)
     ap.add_argument("--child", help=argparse.SUPPRESS)

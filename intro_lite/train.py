@@ -541,10 +541,13 @@ class Timer:
 
         class _Span:
             def __enter__(self):
+                # also a torch.profiler range, so a profile of the loop splits by phase (benchmarks/step_vs_trl.py --profile)
+                self.range = torch.profiler.record_function(name).__enter__()
                 self.t = time.perf_counter()
 
             def __exit__(self, *exc):
                 timer.totals[name] = timer.totals.get(name, 0.0) + time.perf_counter() - self.t
+                self.range.__exit__(*exc)
 
         return _Span()
 
