@@ -348,8 +348,7 @@ def trl_child(args, model_dir: Path, workdir: Path) -> dict:
     measured = range(args.warmup, args.warmup + args.steps)
     parts = {k: [times[k][i] for i in measured] for k in ("rollout", "grading", "forward", "backward")}
     parts["sync"] = [0.0] * args.steps
-    profile = profile_tables(prof, args.steps) if prof is not None else ""
-    return {"step_s": [step_s[i] for i in measured], "parts": parts, "profile": profile, "rollouts": PROMPTS * G,
+    return {"step_s": [step_s[i] for i in measured], "parts": parts, "rollouts": PROMPTS * G,
             "trained_tokens": [PROMPTS * G * NEW_TOKENS] * args.steps, "peak_rss_mb": peak_rss_mb(),
             "threads": torch.get_num_threads(), "trl": __import__("trl").__version__}
 
