@@ -537,8 +537,7 @@ class RolloutEngine:
         """Sample ``n`` continuations per prompt with the current adapter.
 
         ``logprobs=False`` skips vLLM's per-token log-prob gather (``Sample.logprobs`` is then
-        empty): a seventh of a rollout's time on the 28M benchmark model, wasted when the caller
-        recomputes log-probs itself (the training loop).
+        empty): work wasted when the caller recomputes log-probs itself (the training loop).
 
         Returns one list of ``n`` ``Sample`` per prompt, in prompt order. With
         ``seed`` set, prompt ``i`` uses seeds ``seed + i*n ... seed + i*n + n-1``

@@ -137,4 +137,3 @@ def test_lora_mode_choice(tiny_model):
         RolloutEngine(str(tiny_model), max_lora_rank=8, max_model_len=128, lora_mode="fused")
     with pytest.raises(ValueError, match="float32"):
         RolloutEngine(str(tiny_model), max_lora_rank=8, max_model_len=128, dtype="bfloat16", lora_mode="merge")
-
