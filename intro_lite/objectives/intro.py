@@ -255,13 +255,19 @@ class _ChunkedIntro(torch.autograd.Function):
         loss = torch.zeros((), dtype=torch.float64, device=h.device)
         sums = torch.zeros(5, dtype=torch.float64, device=h.device)
         N = h.shape[0]
+        # [C, V] buffers reused by every chunk: a fresh 16-80 MB output per product costs page faults
+        # (bench: 29 -> 26 ms per [128, 512] x [512, 32000] product).
+        C, V = min(chunk_size, N), weight.shape[0]
+        logits_buf = torch.empty((C, V), dtype=h.dtype, device=h.device)
+        logp_buf, logq_buf = (torch.empty((C, V), dtype=dtype, device=h.device) for _ in range(2))
+        weight_t = weight.t()
         for s in range(0, N, chunk_size):
             e = min(s + chunk_size, N)
             hc, own_c, scale_c = h[s:e], own[s:e, None], token_scale[s:e]
-            logp = F.log_softmax(F.linear(hc, weight), dim=-1, dtype=dtype)  # [C, V]
-            logq = F.log_softmax(F.linear(hq[s:e], weight), dim=-1, dtype=dtype)
+            logp = torch.log_softmax(torch.mm(hc, weight_t, out=logits_buf[: e - s]), 1, dtype=dtype, out=logp_buf[: e - s])
+            logq = torch.log_softmax(torch.mm(hq[s:e], weight_t, out=logits_buf[: e - s]), 1, dtype=dtype, out=logq_buf[: e - s])
             p = logp.exp()
-            sums[3] -= _rowdot(p, logp).sum()
+            sums[3] -= torch.dot(p.view(-1), logp.view(-1))  # entropy, a statistic: one flat dot, no [C, V] product
             own_log_ratio = logq.gather(1, own_c) - logp.gather(1, own_c)
             sums[4] += own_log_ratio.clamp(max=log_clip).exp().sum()
             if n == 0:  # "all": t = min(q, C·p); loss −Σ t·log p; d/dlogits = −(t − Σt·p)
