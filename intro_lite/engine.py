@@ -125,6 +125,19 @@ def _torch_threads(n: int | None):
 
 
 @contextlib.contextmanager
+def _keep_parallel_groups():
+    """EngineCore.shutdown() without its cleanup_dist_env_and_memory() (destroys the global groups)."""
+    from vllm.v1.engine import core
+
+    cleanup = core.cleanup_dist_env_and_memory
+    core.cleanup_dist_env_and_memory = lambda *a, **kw: None
+    try:
+        yield
+    finally:
+        core.cleanup_dist_env_and_memory = cleanup
+
+
+@contextlib.contextmanager
 def _preserve_global_state():
     """Undo vLLM start-up side effects: global RNG reseeding, torch.set_num_threads patch."""
     import torch
@@ -578,17 +591,18 @@ class RolloutEngine:
         for out in outputs:
             samples = []
             for comp in sorted(out.outputs, key=lambda c: c.index):
-                toks = list(comp.token_ids)
-                lps = comp.logprobs if logprobs else []
-                if logprobs and (lps is None or len(lps) != len(toks)):
-                    raise RuntimeError(
-                        f"vLLM returned {0 if lps is None else len(lps)} logprobs for "
-                        f"{len(toks)} tokens"
-                    )
+                toks, lps = list(comp.token_ids), []
+                if logprobs:
+                    if comp.logprobs is None or len(comp.logprobs) != len(toks):
+                        raise RuntimeError(
+                            f"vLLM returned {0 if comp.logprobs is None else len(comp.logprobs)} logprobs for "
+                            f"{len(toks)} tokens"
+                        )
+                    lps = [float(comp.logprobs[j][t].logprob) for j, t in enumerate(toks)]
                 samples.append(
                     Sample(
                         token_ids=toks,
-                        logprobs=[float(lps[j][t].logprob) for j, t in enumerate(toks)] if logprobs else [],
+                        logprobs=lps,
                         text=comp.text,
                         finish_reason=str(comp.finish_reason),
                     )
@@ -605,7 +619,10 @@ class RolloutEngine:
         self.llm = None
         self._lora_request = None
         try:
-            llm.llm_engine.engine_core.shutdown()
+            # In-process, EngineCore.shutdown() also destroys vLLM's process-global parallel groups,
+            # which any other live engine still needs: keep them until the last engine closes.
+            with _keep_parallel_groups() if RolloutEngine._live_engines > 1 else contextlib.nullcontext():
+                llm.llm_engine.engine_core.shutdown()
         except Exception:
             pass
         del llm

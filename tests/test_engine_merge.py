@@ -70,17 +70,6 @@ def test_merge_hot_swap_matches_peft(merged, hf_base, tiny_model, tmp_path):
     assert ok < ATOL and bad_v2 > 50 * ATOL
 
 
-def test_generate_without_logprobs_draws_the_same_tokens(merged):
-    # Before test_merge_samples_equal_lora_mode_samples: closing its second engine tears down
-    # vLLM's process-wide parallel groups, which this engine then needs.
-    kw = dict(n=3, temperature=1.0, max_new_tokens=16, seed=11, ignore_eos=True)
-    a = merged.generate(PROMPTS, **kw)
-    b = merged.generate(PROMPTS, logprobs=False, **kw)
-    assert [[s.token_ids for s in p] for p in a] == [[s.token_ids for s in p] for p in b]
-    assert all(s.logprobs == [] for p in b for s in p) and all(len(s.logprobs) == 16 for p in a for s in p)
-    assert [[s.text for s in p] for p in a] == [[s.text for s in p] for p in b]
-
-
 def test_merge_rslora_subset_then_other_modules(merged, hf_base, tiny_model, tmp_path):
     """A subset adapter, then one on other modules: layers the new adapter does not touch go back to base."""
     sub = _make_peft(tiny_model, r=4, seed=5, target_modules=["q_proj", "v_proj", "down_proj"], use_rslora=True)
@@ -137,3 +126,13 @@ def test_lora_mode_choice(tiny_model):
         RolloutEngine(str(tiny_model), max_lora_rank=8, max_model_len=128, lora_mode="fused")
     with pytest.raises(ValueError, match="float32"):
         RolloutEngine(str(tiny_model), max_lora_rank=8, max_model_len=128, dtype="bfloat16", lora_mode="merge")
+
+
+def test_generate_without_logprobs_draws_the_same_tokens(merged):
+    # After test_merge_samples_equal_lora_mode_samples: this engine keeps working once another is closed.
+    kw = dict(n=3, temperature=1.0, max_new_tokens=16, seed=11, ignore_eos=True)
+    a = merged.generate(PROMPTS, **kw)
+    b = merged.generate(PROMPTS, logprobs=False, **kw)
+    assert [[s.token_ids for s in p] for p in a] == [[s.token_ids for s in p] for p in b]
+    assert all(s.logprobs == [] for p in b for s in p) and all(len(s.logprobs) == 16 for p in a for s in p)
+    assert [[s.text for s in p] for p in a] == [[s.text for s in p] for p in b]

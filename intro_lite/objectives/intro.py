@@ -11,6 +11,7 @@ from torch import Tensor
 
 from intro_lite.objectives import Needs, ObjectiveInputs, register
 
+DEFAULT_CHUNK_SIZE = 128  # positions per chunk of intro_loss_from_hidden (intro.logits_chunk_size)
 STAT_KEYS = ("w_mean", "w_gt1_frac", "w_clipped_frac", "entropy", "w_own_mean", "n_tokens")
 
 
@@ -157,7 +158,7 @@ def intro_loss_from_hidden(
     n_candidates: int | str = 5,
     clip_max: float = 200.0,
     generator: torch.Generator | None = None,
-    chunk_size: int = 128,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[Tensor, dict[str, float]]:
     """``intro_loss`` from the last hidden states, never holding full-vocabulary tensors for all positions.
 
@@ -331,7 +332,7 @@ class InTRO:
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """``intro_loss`` on the logits, or ``intro_loss_from_hidden`` (chunks of ``logits_chunk_size``
-        positions; 128 when it is 0) when the inputs carry hidden states and the LM head weight."""
+        positions; DEFAULT_CHUNK_SIZE when it is 0) when the inputs carry hidden states and the LM head weight."""
         hidden = inputs.policy_hidden is not None
         if hidden and (inputs.posterior_hidden is None or inputs.lm_head_weight is None):
             raise ValueError("intro with policy_hidden needs posterior_hidden and lm_head_weight too")
@@ -351,7 +352,7 @@ class InTRO:
                 n_candidates=n_candidates,
                 clip_max=clip_max,
                 generator=generator,
-                chunk_size=logits_chunk_size or 128,
+                chunk_size=logits_chunk_size or DEFAULT_CHUNK_SIZE,
             )
         return intro_loss(
             inputs.policy_logits,
