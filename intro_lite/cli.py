@@ -50,7 +50,7 @@ def train(
         _fail(str(e))
         return
     except RuntimeError as e:
-        from intro_lite.train import TrainingAborted
+        from intro_lite.errors import TrainingAborted
 
         if not isinstance(e, TrainingAborted):
             raise

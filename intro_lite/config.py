@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from intro_lite.errors import ConfigError
+
 # The project defaults live at the repository's top level; the dataclass defaults below mirror them
 # (a test keeps the two equal) so a non-editable install without the file behaves the same.
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "intro_lite.toml"
-
-
-class ConfigError(ValueError):
-    """A one-line, user-facing configuration error."""
 
 
 @dataclass

@@ -270,7 +270,7 @@ def run(settings: EvalSettings, targets: list[Target], out: Path, *, console=Non
     from intro_lite.benchmarks import get_spec, load_benchmark
     from intro_lite.grading import Grader
     from intro_lite.policy import check_adapter_matches_base
-    from intro_lite.train import write_atomic
+    from intro_lite.io import write_atomic
 
     console = console or Console(stderr=True)
     if (out / "results.json").exists():

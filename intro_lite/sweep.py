@@ -251,7 +251,7 @@ def _record_failure(run_dir: Path, text: str) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    from intro_lite.train import write_atomic  # the project's one atomic writer (temp name, fsync, rename)
+    from intro_lite.io import write_atomic  # the project's one atomic writer (temp name, fsync, rename)
 
     write_atomic(path, text)
 

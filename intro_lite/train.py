@@ -22,7 +22,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from intro_lite.config import Config, ConfigError, load_config, to_toml
+from intro_lite.config import Config, load_config, to_toml
+from intro_lite.errors import ConfigError, TrainingAborted
+from intro_lite.io import append_jsonl, fsync_file, write_atomic
 from intro_lite.benchmarks import load_benchmark
 from intro_lite.data import Problem, PromptSampler, load_problems, render_prompt, tiny_assets
 from intro_lite.engine import RolloutEngine
@@ -375,10 +377,6 @@ def prefix_scores(model, x, chunk, tokenizer, problems, okw: dict, policy_logits
     return positions.to(device), scores.to(device)
 
 
-class TrainingAborted(RuntimeError):
-    """A one-line reason to stop a run (the CLI prints it and exits non-zero)."""
-
-
 def nonfinite_guard(loss: float, grad_norm: float, streak: int, limit: int, step: int) -> int:
     """0 if the step is finite; else the count of non-finite steps in a row (that step is skipped),
     aborting once more than `limit` come in a row: the run is diverging, not hitting a fluke batch."""
@@ -448,7 +446,7 @@ def save_checkpoint(cfg: Config, model, optimizer, scheduler, sampler, step: int
         "rng": {"python": _python_rng_state(), "numpy": _numpy_rng_state(), "torch": torch.get_rng_state()},
     }
     torch.save(state, tmp / "trainer_state.pt")
-    _fsync_file(tmp / "trainer_state.pt")
+    fsync_file(tmp / "trainer_state.pt")
     if os.environ.get("INTRO_LITE_FAULT_IN_CHECKPOINT") == str(step):  # fault injection: die before COMPLETE
         os.kill(os.getpid(), signal.SIGKILL)
     write_atomic(tmp / "COMPLETE", f"{step}\n")
@@ -526,11 +524,6 @@ def _numpy_rng_state() -> list:
     return [keys.tolist(), int(pos), int(has_gauss), float(cached)]
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 class Timer:
     def __init__(self):
         self.totals: dict[str, float] = dict.fromkeys(("rollout", "grading", "forward", "backward", "sync"), 0.0)
@@ -560,21 +553,3 @@ def make_progress(enabled: bool):
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled)
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    """One whole line per write, fsynced: a kill leaves either the full line or none of it."""
-    line = json.dumps(record) + "\n"
-    with open(path, "a") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
