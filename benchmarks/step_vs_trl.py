@@ -74,7 +74,7 @@ def ensure_model(data: Path) -> Path:
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    from intro_lite.tiny import build_tokenizer
+    from intro_lite.tiny.tokenizer import build_tokenizer
 
     rows = [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
     texts = [r["problem"] for r in rows] + [r["solution"] for r in rows]
@@ -184,7 +184,7 @@ def intro_child(args, model_dir: Path, workdir: Path) -> dict:
     import torch
 
     from intro_lite.config import load_config
-    from intro_lite.engine import RolloutEngine
+    from intro_lite.rollout.engine import RolloutEngine
     from intro_lite.grading import Grade
 
     starts: list[float] = []
@@ -273,7 +273,7 @@ def trl_child(args, model_dir: Path, workdir: Path) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from intro_lite.config import load_config
-    from intro_lite.data import PromptSampler, load_problems, render_prompt
+    from intro_lite.data.problems import PromptSampler, load_problems, render_prompt
     from intro_lite.train import tokenize_problems
 
     steps = args.warmup + args.steps + 1
@@ -445,7 +445,7 @@ def step_mode(args) -> None:
 
     # FLOPs of the workload: the prompts every side sees, in order.
     from intro_lite.config import load_config
-    from intro_lite.data import PromptSampler, load_problems
+    from intro_lite.data.problems import PromptSampler, load_problems
     from intro_lite.train import tokenize_problems
     from transformers import AutoConfig
 

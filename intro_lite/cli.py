@@ -8,8 +8,9 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from intro_lite.config import ConfigError, load_config
+from intro_lite.config import ConfigError, DataConfig, EvalConfig, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="InTRO LoRA trainer: train and evaluate on one machine.")
 console = Console(stderr=True)
@@ -18,6 +19,11 @@ console = Console(stderr=True)
 @app.callback()
 def _root() -> None:
     """InTRO LoRA trainer: train and evaluate on one machine."""
+
+
+def _default(section: type, table: str, key: str, note: str = "") -> str:
+    """Option help naming the config default; escaped, since rich would read `[eval]` as markup."""
+    return escape(f"Default: {getattr(section, key)!r} ([{table}] {key}){', ' + note if note else '.'}")
 
 
 def _fail(msg: str) -> None:
@@ -93,12 +99,12 @@ def eval_(
     k: list[str] = typer.Option([], "--k", help="Samples for one benchmark: --k amc23=8 (repeatable)."),
     samples: Optional[int] = typer.Option(
         None, "--samples", help="Samples per problem, every benchmark (default 1; 32 for AMC23/AIME)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: [eval] max_new_tokens."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Default: 0.6 ([eval] temperature)."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Default: 0.95 ([eval] top_p)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Default: [eval] seed."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=_default(EvalConfig, "eval", "max_new_tokens")),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help=_default(EvalConfig, "eval", "temperature")),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help=_default(EvalConfig, "eval", "top_p")),
+    seed: Optional[int] = typer.Option(None, "--seed", help=_default(EvalConfig, "eval", "seed")),
     prompt_template: Optional[str] = typer.Option(
-        None, "--prompt-template", help="Default: [data] prompt_template, no chat template. \\n is a newline."),
+        None, "--prompt-template", help=_default(DataConfig, "data", "prompt_template", "no chat template. \\n is a newline.")),
     out: Optional[Path] = typer.Option(
         None, "--out", help="Directory for results.json and samples.jsonl (default runs/eval/<timestamp>)."),
     compare: bool = typer.Option(False, "--compare", help="Re-render the tables from saved results.json files."),
@@ -111,7 +117,9 @@ def eval_(
     import datetime
     import sys
 
-    from intro_lite import evaluate as ev
+    from intro_lite.eval import report as rep
+    from intro_lite.eval import run as ev
+    from intro_lite.eval.targets import resolve_targets
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep vLLM's start-up log from burying the table
     # Piped output (a log file) gets room for the whole table instead of rich's 80-column default.
@@ -121,13 +129,13 @@ def eval_(
         if compare:
             if not paths or model or adapter or out:
                 _fail("--compare takes results.json files as arguments, and no --model/--adapter/--out")
-            merged = ev.load_results(paths)
-            diffs = ev.config_differences(merged["configs"])
+            merged = rep.load_results(paths)
+            diffs = rep.config_differences(merged["configs"])
             if diffs:
                 _warn(f"results differ in protocol: {', '.join(diffs)}")
-            ev.render(merged, screen)
+            rep.render(merged, screen)
             return
-        from intro_lite.benchmarks import FIELD_KEYS, expand
+        from intro_lite.config.sources import FIELD_KEYS, expand
 
         settings = ev.default_settings()
         settings.benchmarks = expand(benchmarks)
@@ -152,13 +160,13 @@ def eval_(
             if not ok:
                 _fail(msg)
         settings.k = ev.resolve_k(settings.benchmarks, samples, overrides, settings.fields)
-        targets = ev.resolve_targets(paths, model, list(adapter), warn=_warn)
+        targets = resolve_targets(paths, model, list(adapter), warn=_warn)
         out = out or Path("runs/eval") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         results = ev.run(settings, targets, out, console=console)
     except ConfigError as e:
         _fail(str(e))
         return
-    ev.render(results, screen)
+    rep.render(results, screen)
     screen.print(f"results: {out / 'results.json'}  samples: {out / 'samples.jsonl'}", highlight=False, soft_wrap=True)
 
 

@@ -152,7 +152,7 @@ def _check_vllm_can_load(adapter_dir: Path) -> None:
     import json
 
     from intro_lite.config import ConfigError
-    from intro_lite.engine import check_lora_compat
+    from intro_lite.rollout.lora_rules import check_lora_compat
 
     try:
         cfg = json.loads((adapter_dir / "adapter_config.json").read_text())

@@ -25,10 +25,11 @@ import torch  # noqa: E402
 from intro_lite.config import Config, load_config, to_toml
 from intro_lite.errors import ConfigError, TrainingAborted
 from intro_lite.io import append_jsonl, fsync_file, write_atomic
-from intro_lite.benchmarks import load_benchmark
-from intro_lite.data import Problem, PromptSampler, load_problems, render_prompt, tiny_assets
-from intro_lite.engine import RolloutEngine
-from intro_lite.evaluate import score
+from intro_lite.data.benchmarks import load_benchmark
+from intro_lite.data.problems import Problem, PromptSampler, load_problems, render_prompt
+from intro_lite.eval.score import score
+from intro_lite.rollout.engine import RolloutEngine
+from intro_lite.tiny.assets import resolve_model_path
 from intro_lite.grading import Grader
 from intro_lite.objectives.baselines import cut_before_marker, segment_boundaries, select_prefix_points, token_entropy
 from intro_lite.objectives import BatchInfo, ObjectiveInputs, get_objective, needs_of
@@ -236,11 +237,6 @@ def engine_settings(cfg: Config, model_path: str) -> dict:
 
 def make_engine(cfg: Config, model_path: str) -> RolloutEngine:
     return RolloutEngine(**engine_settings(cfg, model_path))
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    tiny = tiny_assets(name_or_path)
-    return str(tiny.model_dir) if tiny is not None else name_or_path
 
 
 def tokenize_problems(cfg: Config, tokenizer, problems: list[Problem]):

@@ -16,7 +16,7 @@ def tiny_assets():
     """The small 'test' preset of the embedded model (a few seconds to build; accuracy ~0).
     Both presets live in the user cache ($INTRO_LITE_CACHE or ~/.cache/intro-lite), keyed by a hash
     of their build parameters, so the runs that resolve `tiny`/`tiny-test` by name find them."""
-    from intro_lite.tiny import ensure_tiny_assets
+    from intro_lite.tiny.assets import ensure_tiny_assets
 
     return ensure_tiny_assets(preset="test")
 
@@ -25,6 +25,6 @@ def tiny_assets():
 def tiny_default_assets():
     """The demo's own tiny model (about 20-27% accurate after its warm-up), so end-to-end runs keep
     real correct rationales. Built once per machine (~2.5 min on 2 idle cores) in the user cache."""
-    from intro_lite.tiny import ensure_tiny_assets
+    from intro_lite.tiny.assets import ensure_tiny_assets
 
     return ensure_tiny_assets(preset="default")

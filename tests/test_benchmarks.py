@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from intro_lite.benchmarks import BENCHMARKS, DEFAULT_DATA_DIR, PRESETS, expand, get_spec, load_benchmark, normalize_answer
+from intro_lite.config.sources import BENCHMARKS, PRESETS, expand, get_spec
+from intro_lite.data.benchmarks import DEFAULT_DATA_DIR, load_benchmark, normalize_answer
 from intro_lite.config import ConfigError
 
 # Relative to the repository root, where conftest runs every test.

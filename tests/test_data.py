@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from intro_lite.config import ConfigError, DataConfig
-from intro_lite.data import LoadReport, Problem, PromptSampler, load_problems, render_prompt
+from intro_lite.data.problems import LoadReport, Problem, PromptSampler, load_problems, render_prompt
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 MATH = [str(SHARED / "train" / "math_train.jsonl"), str(SHARED / "train" / "math_test.jsonl")]

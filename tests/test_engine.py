@@ -1,4 +1,4 @@
-"""Tests for intro_lite.engine (vLLM rollout engine with hot-swapped LoRA), CPU only.
+"""Tests for intro_lite.rollout (vLLM rollout engine with hot-swapped LoRA), CPU only.
 
 One engine is shared by the whole module (start-up costs ~10 s on CPU, and
 the first generate() call pays a one-off torch.compile of vLLM's logprob
@@ -13,13 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from intro_lite.engine import (  # sets VLLM_ENABLE_V1_MULTIPROCESSING before vllm import
-    SUPPORTED_LORA_RANKS,
-    RolloutEngine,
-    Sample,
-    check_lora_compat,
-    supported_max_lora_rank,
-)
+from intro_lite.rollout.engine import RolloutEngine, Sample  # sets VLLM_ENABLE_V1_MULTIPROCESSING before vllm import
+from intro_lite.rollout.lora_rules import SUPPORTED_LORA_RANKS, check_lora_compat, supported_max_lora_rank
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("vllm")

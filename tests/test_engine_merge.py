@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from intro_lite.engine import RolloutEngine
+from intro_lite.rollout.engine import RolloutEngine
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("vllm")

@@ -8,9 +8,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from intro_lite.cli import app
-from intro_lite.data import Problem
-from intro_lite.engine import Sample
-from intro_lite.evaluate import SCHEMA, render, score
+from intro_lite.data.problems import Problem
+from intro_lite.eval.report import SCHEMA, render
+from intro_lite.eval.score import score
+from intro_lite.rollout.engine import Sample
 
 
 class FakeEngine:
@@ -126,7 +127,7 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(args, message):
 
 def test_what_to_evaluate(tiny_assets, tmp_path):
     from intro_lite.config import load_config, to_toml
-    from intro_lite.evaluate import resolve_targets
+    from intro_lite.eval.targets import resolve_targets
 
     base = str(tiny_assets.model_dir)
     run = tmp_path / "runs" / "r1"
@@ -214,3 +215,11 @@ def test_eval_end_to_end_base_run_and_adapter(tiny_assets, tmp_path):
     assert again.exit_code == 0 and "my-run" in again.output and "avg@3" in again.output
     clash = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
     assert clash.exit_code == 2 and "already exists" in clash.output
+
+
+def test_eval_help_shows_config_tables():
+    # rich reads "[eval]" as markup unless escaped; the help must name the table the default comes from.
+    out = CliRunner().invoke(app, ["eval", "--help"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0
+    assert "[eval] temperature" in out.output and "[eval] max_new_tokens" in out.output
+    assert "[data] prompt_template" in out.output

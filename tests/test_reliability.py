@@ -128,12 +128,12 @@ def test_adapter_on_a_base_with_another_hidden_size(full_run, tiny_assets, tmp_p
     from intro_lite.cli import app
     from intro_lite.config import ConfigError
     from intro_lite.policy import check_adapter_matches_base
-    from intro_lite.tiny import ModelConfig, build_tiny_model
+    from intro_lite.tiny.model import TinyModelConfig, build_tiny_model
 
     # The same tokenizer and head_dim 64, but 4 heads: hidden 256 instead of the test preset's 128.
     tok = AutoTokenizer.from_pretrained(tiny_assets.model_dir)
     wide = tmp_path / "wide-base"
-    build_tiny_model(tok, ModelConfig(num_attention_heads=4, num_key_value_heads=1, num_hidden_layers=1)).save_pretrained(wide)
+    build_tiny_model(tok, TinyModelConfig(num_attention_heads=4, num_key_value_heads=1, num_hidden_layers=1)).save_pretrained(wide)
     tok.save_pretrained(wide)
     trained = full_run / "final"
     check_adapter_matches_base(trained, str(tiny_assets.model_dir))  # its own base: fine
@@ -172,9 +172,9 @@ def make_dora(model_dir, out):
 
 
 def build_two_layer_base(tok, tmp_path):
-    from intro_lite.tiny import ModelConfig, build_tiny_model
+    from intro_lite.tiny.model import TinyModelConfig, build_tiny_model
 
     path = tmp_path / "deep-base"
-    build_tiny_model(tok, ModelConfig(num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=2)).save_pretrained(path)
+    build_tiny_model(tok, TinyModelConfig(num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=2)).save_pretrained(path)
     tok.save_pretrained(path)
     return path

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from intro_lite import tiny
+from intro_lite.grading import extract_boxed
+from intro_lite.tiny import assets as cached_build, warmup
 from intro_lite.tiny import (
     TaskConfig,
     TinyBuildConfig,
@@ -18,7 +20,6 @@ from intro_lite.tiny import (
     encode_example,
     ensure_tiny_assets,
     evaluate_tiny,
-    extract_boxed,
     format_prompt,
     generate_records,
     parse_problem,
@@ -164,7 +165,7 @@ def test_warmup_data_mixes_exact_hint_prompts_with_unchanged_plain_ones(records,
     (its default template and its own render function); the rest are the unchanged x → z
     examples; the target is always the record's solution and only it is trained on."""
     from intro_lite.config import DataConfig
-    from intro_lite.data import Problem, render_prompt
+    from intro_lite.data.problems import Problem, render_prompt
 
     data_cfg = DataConfig()
     assert tiny.HINT_TEMPLATE == data_cfg.hint_template
@@ -218,8 +219,8 @@ def test_sft_warmup_trains_on_hinted_prompts(records, tokenizer, monkeypatch):
         seen.append(prompt)
         return real(tok, problem, solution, prompt=prompt)
 
-    monkeypatch.setattr(tiny, "encode_example", spy)
-    model = tiny.build_tiny_model(tokenizer, tiny.ModelConfig(num_hidden_layers=1))
+    monkeypatch.setattr(warmup, "encode_example", spy)
+    model = tiny.build_tiny_model(tokenizer, tiny.TinyModelConfig(num_hidden_layers=1))
     tiny.sft_warmup(model, tokenizer, records["train"], steps=1, batch_size=2, lr=1e-3, seed=5, hint_fraction=0.5)
     want = tiny.warmup_examples(records["train"], hint_fraction=0.5, seed=5)
     assert seen == [ex["prompt"] for ex in want]
@@ -228,7 +229,7 @@ def test_sft_warmup_trains_on_hinted_prompts(records, tokenizer, monkeypatch):
 
 def test_sft_warmup_is_deterministic(records, tokenizer):
     def run():
-        model = tiny.build_tiny_model(tokenizer, tiny.ModelConfig(num_hidden_layers=1))
+        model = tiny.build_tiny_model(tokenizer, tiny.TinyModelConfig(num_hidden_layers=1))
         return tiny.sft_warmup(model, tokenizer, records["train"], steps=3, batch_size=4, lr=1e-3, seed=3)
 
     first, second = run(), run()
@@ -312,7 +313,7 @@ def test_second_call_reuses_cache(test_assets, monkeypatch):
     def must_not_build(*args, **kwargs):
         raise AssertionError("cache was rebuilt")
 
-    monkeypatch.setattr(tiny, "_build_into", must_not_build)
+    monkeypatch.setattr(cached_build, "_build_into", must_not_build)
     again = ensure_tiny_assets(test_assets.model_dir.parent.parent, preset="test")
     assert again == test_assets
     assert manifest.stat().st_mtime_ns == before
@@ -335,19 +336,19 @@ def _fake_build(counter, *, delay=0.0, fail=False):
 
 def test_crash_mid_build_leaves_no_cache(tmp_path, monkeypatch):
     calls: list[int] = []
-    monkeypatch.setattr(tiny, "_build_into", _fake_build(calls, fail=True))
+    monkeypatch.setattr(cached_build, "_build_into", _fake_build(calls, fail=True))
     with pytest.raises(RuntimeError, match="simulated crash"):
         ensure_tiny_assets(tmp_path, preset="test")
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
 
-    monkeypatch.setattr(tiny, "_build_into", _fake_build(calls))
+    monkeypatch.setattr(cached_build, "_build_into", _fake_build(calls))
     assets = ensure_tiny_assets(tmp_path, preset="test")
     assert assets.train_file.exists() and len(calls) == 2
 
 
 def test_concurrent_callers_build_once(tmp_path, monkeypatch):
     calls: list[int] = []
-    monkeypatch.setattr(tiny, "_build_into", _fake_build(calls, delay=0.5))
+    monkeypatch.setattr(cached_build, "_build_into", _fake_build(calls, delay=0.5))
     results = []
     threads = [
         threading.Thread(target=lambda: results.append(ensure_tiny_assets(tmp_path, preset="test")))

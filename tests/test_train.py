@@ -87,7 +87,7 @@ def test_one_4bit_step_changes_lora_weights_and_only_them(tiny_assets, tmp_path)
 
 def test_vllm_logprobs_match_trainer_after_a_step(tiny_assets, tmp_path):
     """After a training step, the hot-swapped adapter in vLLM gives the trainer's logprobs."""
-    from intro_lite.engine import RolloutEngine
+    from intro_lite.rollout.engine import RolloutEngine
 
     cfg = tiny_cfg(tmp_path, "model.quantization=none")
     model, tok = load_policy(cfg, str(tiny_assets.model_dir))

@@ -7,8 +7,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from intro_lite.config import ConfigError, DataConfig, is_tiny
+from intro_lite.config.schema import DataConfig
+from intro_lite.config.sources import looks_local
+from intro_lite.errors import ConfigError
 from intro_lite.grading import extract_boxed
+from intro_lite.tiny.assets import tiny_assets
 
 
 @dataclass(frozen=True)
@@ -28,26 +31,17 @@ class LoadReport:
     dropped_no_gold: int = 0
 
 
-def tiny_assets(name: str):
-    """`tiny` / `tiny-<preset>` name the embedded demo's model and task (built on first use)."""
-    if not is_tiny(name):
-        return None
-    from intro_lite.tiny import ensure_tiny_assets
-
-    return ensure_tiny_assets(preset="default" if name == "tiny" else name[len("tiny-"):])
-
-
 def _sources(source: str | list[str]) -> list[str]:
     return [source] if isinstance(source, str) else list(source)
 
 
-def _load_rows(source: str, split: str) -> list[dict]:
+def load_rows(source: str, split: str) -> list[dict]:
     """Local jsonl/json/parquet through `datasets`, or a Hugging Face dataset name."""
     import datasets
 
     datasets.disable_progress_bars()
     path = Path(source)
-    if source.endswith((".jsonl", ".json", ".parquet")) or path.exists():
+    if looks_local(source):
         if not path.exists():
             raise ConfigError(f"data.source: file not found: {source}")
         kind = "parquet" if source.endswith(".parquet") else "json"
@@ -79,13 +73,13 @@ def load_problems(cfg: DataConfig, *, source: str | list[str] | None = None, rep
     report = report if report is not None else LoadReport()
     excluded: set[str] = set()
     if cfg.exclude_ids_from:
-        for row in _load_rows(cfg.exclude_ids_from, "train"):
+        for row in load_rows(cfg.exclude_ids_from, "train"):
             if cfg.id_field not in row:
                 raise ConfigError(f"{cfg.exclude_ids_from}: records have no field '{cfg.id_field}' (data.id_field)")
             excluded.add(str(row[cfg.id_field]))
     problems: list[Problem] = []
     for src in _sources(source):
-        rows = _load_rows(src, cfg.split)
+        rows = load_rows(src, cfg.split)
         needed = [cfg.problem_field, cfg.answer_field or cfg.solution_field]
         for field_name in needed:
             if rows and field_name not in rows[0]:

@@ -1,0 +1,204 @@
+"""The configuration's shape: one dataclass per table, each key with its default written once here.
+
+`intro_lite.toml` at the repository's top level is the commented list of the same keys; a test keeps
+it equal to these defaults, so a non-editable install without the file behaves the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "tiny"  # HF name or local dir; "tiny" = the embedded demo model
+    quantization: Literal["nf4", "none"] = "nf4"  # trainer's base weights (bitsandbytes 4-bit NF4)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    gradient_checkpointing: bool = True
+    trust_remote_code: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    init_adapter: str = ""  # start from this saved adapter (e.g. a sweep's shared SFT warm-up) instead of a fresh one
+
+
+@dataclass
+class DataConfig:
+    source: str | list[str] = "tiny"  # local .jsonl/.json/.parquet path(s), an HF dataset name, or "tiny"
+    split: str = "train"  # HF split (ignored for local files)
+    problem_field: str = "problem"
+    solution_field: str = "solution"
+    answer_field: str = ""  # empty: the gold answer is the last \boxed{} of the solution
+    id_field: str = "unique_id"
+    level_field: str = "level"
+    levels: list[int] = field(default_factory=list)  # empty = keep all levels
+    exclude_ids_from: str = ""  # jsonl whose `id_field` values are dropped (e.g. MATH500)
+    prompt_template: str = "{question}\n"  # x: no chat template, as in the paper
+    hint_template: str = "{question}\nThe final answer is {answer}. Let me justify it step by step.\n"  # x ⊕ y
+    max_prompt_tokens: int = 512
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 4  # G rationales per prompt
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    max_model_len: int = 2048
+    gpu_memory_utilization: float = 0.3
+    quantization: Literal["none", "bitsandbytes"] = "none"  # vLLM's base weights (GPU only)
+    enforce_eager: bool = True
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    prompts_per_step: int = 128  # the paper's batch size
+    micro_batch_size: int = 4  # rationales per forward/backward
+    lr: float = 1e-5
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 50  # steps; 0 = only final/
+    max_nonfinite_steps: int = 3  # non-finite loss/grad steps are skipped; more than this in a row aborts
+    keep_checkpoints: int = 2
+    max_rollout_tokens: int = 0  # budget: stop once this many rationale tokens were generated; 0 = run all steps
+
+
+@dataclass
+class EvalConfig:
+    """Held-out scoring before and after training (and the defaults of `intro-lite eval`)."""
+
+    source: str = ""  # a benchmark name (as in `intro-lite eval`), a file, or "tiny"; "" = no eval during training
+    limit: int = 0  # 0 = all problems
+    samples: int = 1  # k samples per problem (avg@k)
+    temperature: float = 0.6  # the paper's evaluation sampling
+    top_p: float = 0.95
+    max_new_tokens: int = 1024
+    seed: int = 0
+    every: int = 0  # also score every N steps (accuracy-vs-step curves); 0 = before and after only
+
+
+@dataclass
+class IntroConfig:
+    n_candidates: int | Literal["all"] = 5
+    clip_max: float = 200.0
+    logits_chunk_size: int = 128  # > 0: loss from hidden states, logits made this many positions at a time; 0 = full logits
+
+
+# Objective sections: the keyword arguments of each objective's `compute` (defaults as in
+# METHODS.md; docs/objectives.md says which are inferred). `raft++` reads the [raft_pp] table.
+
+
+@dataclass
+class GrpoConfig:
+    beta: float = 0.04  # k3 KL weight against the adapter-disabled base; 0 = no reference pass
+    epsilon: float = 0.2
+    epsilon_high: float = 0.0  # 0 = same as epsilon (DAPO's clip-higher when larger)
+    loss_aggregation: Literal["grpo", "bnpo", "dr_grpo"] = "grpo"
+    scale_rewards: bool = True
+    std_eps: float = 1e-4
+
+
+@dataclass
+class DrGrpoConfig(GrpoConfig):
+    """GRPO's keys with Dr. GRPO's defaults: no std scaling, `dr_grpo` aggregation, no KL."""
+
+    beta: float = 0.0
+    loss_aggregation: Literal["grpo", "bnpo", "dr_grpo"] = "dr_grpo"
+    scale_rewards: bool = False
+
+
+@dataclass
+class RaftPPConfig:
+    epsilon: float = 0.2
+    beta: float = 0.0
+
+
+@dataclass
+class ReinforceRejConfig:
+    epsilon: float = 0.2
+    beta: float = 0.0
+
+
+@dataclass
+class LatroConfig:
+    beta: float = 0.05
+    answer_markers: list[str] = field(default_factory=lambda: ["The answer is", "\\boxed"])
+    answer_template: str = "The answer is \\boxed{{{answer}}}."
+
+
+@dataclass
+class IapoConfig:
+    mode: Literal["next_token", "last_token"] = "next_token"
+    lambda_s: float = 1e-2
+    lambda_c: float = 1e-2
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.28
+    beta: float = 0.0
+    std_eps: float = 1e-4
+    probe_marker: str = "\nThe final answer is \\boxed{"
+
+
+@dataclass
+class ReproConfig:
+    w: float = 0.5
+    alpha: float = 0.1
+    epsilon: float = 0.2
+    beta: float = 0.0
+    std_eps: float = 1e-4
+    top_k: int = 10
+    boundary_markers: list[str] = field(default_factory=lambda: [".\n", "?\n", "\n\n"])
+    answer_template: str = "\\boxed{{{answer}}}"
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    seed: int = 0
+    objective: str = "intro"
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    intro: IntroConfig = field(default_factory=IntroConfig)
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
+    dr_grpo: DrGrpoConfig = field(default_factory=DrGrpoConfig)
+    raft_pp: RaftPPConfig = field(default_factory=RaftPPConfig)
+    reinforce_rej: ReinforceRejConfig = field(default_factory=ReinforceRejConfig)
+    latro: LatroConfig = field(default_factory=LatroConfig)
+    iapo: IapoConfig = field(default_factory=IapoConfig)
+    repro: ReproConfig = field(default_factory=ReproConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def objective_kwargs(self) -> dict:
+        """The chosen objective's own table as `compute` keyword arguments ({} if it has none)."""
+        section = getattr(self, self.objective.replace("++", "_pp"), None)
+        if section is None:
+            return {}
+        kwargs = dict(vars(section))
+        if kwargs.get("epsilon_high") == 0.0 and "epsilon_low" not in kwargs:
+            kwargs["epsilon_high"] = None  # GRPO family: 0 means "same as epsilon"
+        for key in ("answer_markers", "boundary_markers"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        return kwargs
