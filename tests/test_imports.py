@@ -1,0 +1,141 @@
+"""The package's shape: imports go one way (no cycle between intro_lite modules) and every file is short.
+
+The graph is read from the source with `ast`, so it sees every import: module level and inside functions
+(a lazy import still ties the two modules together). Importing `a.b.c` also runs `a/__init__` and
+`a/b/__init__`, so it counts as importing those packages too, except the packages the importer itself
+sits in (they are already being imported when it runs).
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "intro_lite"
+MAX_LINES = 400
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imported_names(path: Path, name: str, known: set[str]) -> set[str]:
+    """The intro_lite modules `path` imports anywhere in its body."""
+    is_package = path.name == "__init__.py"
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the importer's package, up level-1 more
+                anchor = name.split(".") if is_package else name.split(".")[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from pkg import mod` imports the submodule; `from mod import name` the module.
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:  # `import intro_lite.x.y` where y is an attribute
+                target = target.rpartition(".")[0]
+            if not target:
+                continue
+            out.add(target)
+            parent = target.rpartition(".")[0]
+            while parent:
+                if not (name == parent or name.startswith(parent + ".")):
+                    out.add(parent)
+                parent = parent.rpartition(".")[0]
+    out.discard(name)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = modules()
+    known = set(mods)
+    return {name: imported_names(path, name, known) for name, path in mods.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as [a, b, ..., a], or None (depth-first search, colouring nodes)."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start)):
+            return found
+    return None
+
+
+def test_finder_sees_cycles_and_their_absence():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_graph_reads_function_level_and_relative_imports(tmp_path, monkeypatch):
+    pkg = tmp_path / "intro_lite"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "leaf.py").write_text("def f():\n    from intro_lite.sub import inner\n")
+    (pkg / "sub" / "inner.py").write_text("from .. import leaf\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
+    graph = import_graph()
+    assert graph["intro_lite.leaf"] == {"intro_lite.sub", "intro_lite.sub.inner"}
+    assert graph["intro_lite.sub.inner"] == {"intro_lite.leaf"}
+    assert find_cycle(graph) == ["intro_lite.leaf", "intro_lite.sub.inner", "intro_lite.leaf"]
+
+
+@pytest.mark.xfail(strict=False, reason="objectives/__init__ <-> intro/baselines: objectives/base.py on branch redesign-b")
+def test_no_import_cycles():
+    graph = import_graph()
+    assert len(graph) > 20 and graph["intro_lite.cli"]  # the walk found the package
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_import_cycles_but_inside_objectives():
+    """The same check without the edges between two modules of `objectives/` (being split on another branch)."""
+    inside = lambda m: m == "intro_lite.objectives" or m.startswith("intro_lite.objectives.")  # noqa: E731
+    graph = {m: {t for t in ts if not (inside(m) and inside(t))} for m, ts in import_graph().items()}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_config_imports_neither_vllm_engine_nor_data():
+    graph = import_graph()
+    config = {m for m in graph if m == "intro_lite.config" or m.startswith("intro_lite.config.")}
+    reached, todo = set(), list(config)
+    while todo:
+        for nxt in graph[todo.pop()] - reached:
+            reached.add(nxt)
+            todo.append(nxt)
+    assert not {m for m in reached if m.startswith(("intro_lite.rollout.engine", "intro_lite.data", "intro_lite.train"))}
+
+
+@pytest.mark.xfail(strict=False, reason="train.py/baselines.py split on branch redesign-b (grading.py, 426 lines, too)")
+def test_every_file_is_at_most_400_lines():
+    long = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert not long, f"files over {MAX_LINES} lines: {long}"
