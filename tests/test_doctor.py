@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from intro_lite.cli import app
 from intro_lite.config import load_config
-from intro_lite.doctor import estimate_memory
+from intro_lite.doctor.memory import estimate_memory
 
 # Qwen2.5-1.5B's config.json, the numbers that matter (1,543,714,304 parameters).
 QWEN25_15B = {"model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
