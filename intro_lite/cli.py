@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from intro_lite.config import ConfigError, DataConfig, EvalConfig, load_config
+from intro_lite.data.benchmarks import DEFAULT_DATA_DIR
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="InTRO LoRA trainer: train and evaluate on one machine.")
 console = Console(stderr=True)
@@ -108,7 +109,7 @@ def eval_(
     out: Optional[Path] = typer.Option(
         None, "--out", help="Directory for results.json and samples.jsonl (default runs/eval/<timestamp>)."),
     compare: bool = typer.Option(False, "--compare", help="Re-render the tables from saved results.json files."),
-    data_dir: Path = typer.Option(Path("../shared/data/eval"), "--data-dir", help="Files of the named benchmarks."),
+    data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir", help="Files of the named benchmarks."),
     maj: bool = typer.Option(False, "--maj", help="Also report maj@k (majority answer, grouped by the grader)."),
     field: list[str] = typer.Option(
         [], "--field", help="Fields of file/HF benchmarks: problem=, answer=, solution=, id=, split= (repeatable)."),

@@ -1,9 +1,10 @@
 """Evaluation benchmarks as problems: read each benchmark's files and take its gold answers.
 
 Which benchmarks exist, where each file lives and which field holds the problem is the table in
-`config/sources.py` (the config validator reads it too). The named benchmarks read the offline copies in `../shared/data/eval/` (field names and quirks are in
-that directory's README). Anything else is a local .jsonl/.json/.parquet file or a Hugging Face dataset
-name (`org/name`), with an optional field mapping; `tiny` / `tiny-<preset>` is the embedded demo's test split.
+`config/sources.py` (the config validator reads it too). The named benchmarks read the offline copies
+in `../shared/data/eval/` (field names and quirks are in that directory's README). Anything else is
+a local .jsonl/.json/.parquet file or a Hugging Face dataset name (`org/name`), with an optional field
+mapping; `tiny` / `tiny-<preset>` is the embedded demo's test split.
 """
 
 from __future__ import annotations

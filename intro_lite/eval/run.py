@@ -12,6 +12,7 @@ from pathlib import Path
 
 from intro_lite.config import load_config
 from intro_lite.config.sources import PRESETS, get_spec
+from intro_lite.data.benchmarks import DEFAULT_DATA_DIR, load_benchmark
 from intro_lite.data.problems import Problem, render_prompt
 from intro_lite.errors import ConfigError
 from intro_lite.eval.report import SCHEMA
@@ -33,12 +34,12 @@ class EvalSettings:
     k: dict[str, int] = field(default_factory=dict)  # per benchmark name, already resolved
     limit: int = 0
     maj: bool = False
-    data_dir: str = "../shared/data/eval"
+    data_dir: str = str(DEFAULT_DATA_DIR)
     fields: dict[str, str] = field(default_factory=dict)  # field mapping for files / HF datasets
 
 
 def default_settings() -> EvalSettings:
-    """The project's [eval] and [data] defaults (intro_lite.toml): temperature 0.6, top-p 0.95, no chat template."""
+    """The project's [eval] and [data] defaults (intro_lite.toml; no chat template)."""
     cfg = load_config()
     return EvalSettings(benchmarks=list(PRESETS["paper"]), temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
                         max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.eval.seed,
@@ -64,7 +65,6 @@ def run(settings: EvalSettings, targets: list[Target], out: Path, *, console=Non
     """Evaluate every target on every benchmark; returns the results.json content (also written under `out`)."""
     from rich.console import Console
 
-    from intro_lite.data.benchmarks import load_benchmark
     from intro_lite.grading import Grader
     from intro_lite.policy import check_adapter_matches_base
 
