@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from intro_lite.config import ConfigError, load_config
+from intro_lite.config import ConfigError, load_config, toml_literal
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="InTRO LoRA trainer: train and evaluate on one machine.")
 console = Console(stderr=True)
@@ -36,13 +36,8 @@ def train(
 ) -> None:
     """Train a LoRA adapter with the recipe's objective (InTRO by default)."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # keep vLLM's per-call notices off the progress bar
-    overrides = list(set_)
-    if output is not None:
-        overrides.append(f'output_dir="{output}"')
-    if name is not None:
-        overrides.append(f'name="{name}"')
     try:
-        cfg = load_config(recipe, overrides)
+        cfg = load_config(recipe, run_overrides(set_, output, name))
         from intro_lite.train import train as run_train
 
         run_dir = run_train(cfg, progress=not no_progress, resume=resume)
@@ -57,6 +52,16 @@ def train(
         _fail(str(e))
         return
     _print_summary(run_dir)
+
+
+def run_overrides(set_: list[str], output: Optional[Path], name: Optional[str]) -> list[str]:
+    """--set values, then --output/--name as escaped TOML literals (a path may hold " or \\)."""
+    overrides = list(set_)
+    if output is not None:
+        overrides.append(f"output_dir={toml_literal(str(output))}")
+    if name is not None:
+        overrides.append(f"name={toml_literal(name)}")
+    return overrides
 
 
 def _print_summary(run_dir: Path) -> None:
