@@ -15,7 +15,7 @@ def test_recipe_is_a_directory(tmp_path):
 def test_recipe_not_utf8(tmp_path):
     p = tmp_path / "r.toml"
     p.write_bytes(b'name = "caf\xe9"\n')
-    with pytest.raises(ConfigError, match=r"r\.toml: not UTF-8 text \(byte 10\)"):
+    with pytest.raises(ConfigError, match=r"r\.toml: not UTF-8 text \(byte 11\)"):
         load_config(p)
 
 
