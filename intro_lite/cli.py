@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from intro_lite.config import ConfigError, DataConfig, EvalConfig, load_config
+from intro_lite.config import ConfigError, DataConfig, EvalConfig, load_config, toml_literal
 from intro_lite.data.benchmarks import DEFAULT_DATA_DIR
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="InTRO LoRA trainer: train and evaluate on one machine.")
@@ -43,13 +43,8 @@ def train(
 ) -> None:
     """Train a LoRA adapter with the recipe's objective (InTRO by default)."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # keep vLLM's per-call notices off the progress bar
-    overrides = list(set_)
-    if output is not None:
-        overrides.append(f'output_dir="{output}"')
-    if name is not None:
-        overrides.append(f'name="{name}"')
     try:
-        cfg = load_config(recipe, overrides)
+        cfg = load_config(recipe, run_overrides(set_, output, name))
         from intro_lite.train import train as run_train
 
         run_dir = run_train(cfg, progress=not no_progress, resume=resume)
@@ -66,25 +61,53 @@ def train(
     _print_summary(run_dir)
 
 
+def run_overrides(set_: list[str], output: Optional[Path], name: Optional[str]) -> list[str]:
+    """--set values, then --output/--name as escaped TOML literals (a path may hold " or \\)."""
+    overrides = list(set_)
+    if output is not None:
+        overrides.append(f"output_dir={toml_literal(str(output))}")
+    if name is not None:
+        overrides.append(f"name={toml_literal(name)}")
+    return overrides
+
+
 def _print_summary(run_dir: Path) -> None:
     import json
 
     from rich.table import Table
 
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    first, last = json.loads(lines[0]), json.loads(lines[-1])
+    from intro_lite.io import read_jsonl
+
+    steps = read_jsonl(run_dir / "metrics.jsonl")
     table = Table(title=f"run {run_dir}")
-    for col in ("", "rollout acc", "mean length"):
+    for col in ("", "accuracy", "mean length"):
         table.add_column(col)
-    table.add_row("first step", f"{first['rollout_accuracy']:.3f}", f"{first['mean_length']:.1f}")
-    table.add_row("last step", f"{last['rollout_accuracy']:.3f}", f"{last['mean_length']:.1f}")
+    # A single step's rollout accuracy is decided by which prompts it drew: show means over a window.
+    window = max(1, min(10, len(steps) // 4))
+    for label, part in ((f"rollouts, first {window} steps", steps[:window]), (f"rollouts, last {window} steps", steps[-window:])):
+        acc = [s["rollout_accuracy"] for s in part if s.get("rollout_accuracy") is not None]
+        length = [s["mean_length"] for s in part if s.get("mean_length") is not None]
+        if acc:
+            table.add_row(label, f"{sum(acc) / len(acc):.3f}", f"{sum(length) / len(length):.1f}")
     summary = run_dir / "eval_summary.json"
     if summary.exists():
         s = json.loads(summary.read_text())
-        table.add_row("held-out before", f"{s['before']['accuracy']:.3f}", f"{s['before']['mean_length']:.1f}")
-        table.add_row("held-out after", f"{s['after']['accuracy']:.3f}", f"{s['after']['mean_length']:.1f}")
+        for when in ("before", "after"):
+            e = s[when]
+            table.add_row(f"held-out {when} (n={e['n_problems'] * e.get('k', 1)})",
+                          f"{e['accuracy']:.3f} ± {_binomial_se(e):.3f}", f"{e['mean_length']:.1f}")
+        diff = s["after"]["accuracy"] - s["before"]["accuracy"]
+        se = (_binomial_se(s["before"]) ** 2 + _binomial_se(s["after"]) ** 2) ** 0.5
+        table.add_row("held-out change", f"{diff:+.3f} ± {se:.3f}", "")
     Console().print(table)
-    Console().print(f"adapter: {run_dir / 'final'}")
+    Console().print(f"adapter: {run_dir / 'final'}  (± is one standard error)")
+
+
+def _binomial_se(result: dict) -> float:
+    """Standard error of an accuracy over n problems x k samples (samples treated as independent)."""
+    n = max(1, result["n_problems"] * result.get("k", 1))
+    p = result["accuracy"]
+    return (p * (1 - p) / n) ** 0.5
 
 
 @app.command("eval")

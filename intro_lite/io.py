@@ -36,3 +36,63 @@ def read_jsonl(path: Path) -> list[dict]:
 def fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
+
+
+def read_jsonl_log(path: Path) -> tuple[list[dict], str]:
+    """The records of a log the run appends to, and a note ("" if none) when its last line was torn
+    (a kill or a full disk mid-write): that line is dropped. A bad line before the last is an error."""
+    from intro_lite.errors import ConfigError
+
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    records, note = [], ""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != len(lines):
+                raise ConfigError(f"{path}: line {number} is not valid JSON") from None
+            note = f"{path}: dropped a torn last line ({len(line)} characters)"
+    return records, note
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(directory: Path, name: str, extra: dict | None = None) -> None:
+    """Record every file's size and SHA-256 under `directory` in `name`, written last and atomically:
+    the directory is complete exactly when the manifest exists and verify_manifest agrees."""
+    directory = Path(directory)
+    files = {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != name}
+    write_atomic(directory / name, json.dumps({**(extra or {}), "files": files}, indent=1) + "\n")
+
+
+def verify_manifest(directory: Path, name: str) -> str:
+    """"" if every file the manifest lists is there with its recorded size and hash, else why not."""
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / name).read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except FileNotFoundError:
+        return f"no {name} marker"
+    except (ValueError, KeyError, TypeError):
+        return f"{name} is not a manifest"
+    for rel, want in files.items():
+        p = directory / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        if p.stat().st_size != want["size"]:
+            return f"{rel} has {p.stat().st_size} bytes, {want['size']} were written"
+        if _sha256(p) != want["sha256"]:
+            return f"{rel} does not match its checksum"
+    return ""

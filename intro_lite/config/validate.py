@@ -22,7 +22,7 @@ def _require(ok: bool, key: str, msg: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    _require(cfg.name != "" and "/" not in cfg.name, "name", "must be a non-empty name without '/'")
+    _require(is_single_component(cfg.name), "name", f"must be one path component (no '/', '\\', '..'), got {cfg.name!r}")
     from intro_lite.objectives import available
 
     _require(cfg.objective in available(), "objective", f"must be one of {available()}, got {cfg.objective!r}")
@@ -81,3 +81,8 @@ def validate(cfg: Config) -> None:
     _require(cfg.eval.limit >= 0, "eval.limit", f"must be >= 0, got {cfg.eval.limit}")
     if cfg.data.exclude_ids_from:
         _require(Path(cfg.data.exclude_ids_from).is_file(), "data.exclude_ids_from", f"file not found: {cfg.data.exclude_ids_from}")
+
+
+def is_single_component(name: str) -> bool:
+    """A run name is a directory inside output_dir, never a path that leaves it."""
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\\0") and name.strip() == name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from dataclasses import dataclass
@@ -29,6 +30,21 @@ class LoadReport:
     dropped_level: int = 0
     dropped_excluded: int = 0
     dropped_no_gold: int = 0
+    dropped_bad_record: int = 0  # no usable question (missing, null, empty, not a string)
+    first_skipped: str = ""  # where and why the first skipped record was skipped, e.g. "train.jsonl:7: 'problem' is missing or null"
+
+    def skip(self, reason: str, where: str, what: str) -> None:
+        setattr(self, f"dropped_{reason}", getattr(self, f"dropped_{reason}") + 1)
+        if not self.first_skipped:
+            self.first_skipped = f"{where}: {what}"
+
+    def summary(self) -> str:
+        """One line for the run's log when records were skipped ("" when none were)."""
+        skipped = self.dropped_no_gold + self.dropped_bad_record
+        if not skipped:
+            return ""
+        return (f"skipped {skipped} of {self.total} records (no gold {self.dropped_no_gold}, "
+                f"bad {self.dropped_bad_record}); first: {self.first_skipped}")
 
 
 def _sources(source: str | list[str]) -> list[str]:
@@ -42,19 +58,61 @@ def load_rows(source: str, split: str) -> list[dict]:
     datasets.disable_progress_bars()
     path = Path(source)
     if looks_local(source):
-        if not path.exists():
-            raise ConfigError(f"data.source: file not found: {source}")
+        if not path.is_file():
+            raise ConfigError(f"data.source: {'a directory, not a file' if path.is_dir() else 'file not found'}: {source}")
         kind = "parquet" if source.endswith(".parquet") else "json"
+        if kind == "json":
+            _check_json_text(path)  # one-line errors with line numbers, before datasets' byte offsets
         try:
             ds = datasets.load_dataset(kind, data_files=str(path), split="train")
         except Exception as e:  # datasets wraps JSON errors in several exception types
-            raise ConfigError(f"{source}: cannot read as {kind}: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"{source}: cannot read as {kind}: {first_line(e)}") from None
     else:
         try:
             ds = datasets.load_dataset(source, split=split)
         except Exception as e:
-            raise ConfigError(f"data.source: cannot load dataset {source!r} split {split!r}: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"data.source: cannot load dataset {source!r} split {split!r}: {first_line(e)}") from None
     return ds.to_list()
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type when the message is empty."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _check_json_text(path: Path) -> None:
+    """UTF-8, not empty, and (for .jsonl) every non-blank line one JSON object: else one line naming the line."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (line {line}, byte {e.start})") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: empty file, no records")
+    if path.suffix != ".jsonl":
+        return
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: cannot read as json: line {number}: {e.msg} (column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise ConfigError(f"{path}: line {number}: a record must be a JSON object, got {type(record).__name__}")
+
+
+def _record_lines(source: str, n: int) -> list[str]:
+    """Where each row came from, for messages: `file:LINE` for jsonl (blank lines skipped, as datasets does),
+    `file record I` otherwise."""
+    path = Path(source)
+    if path.suffix == ".jsonl" and path.is_file():
+        numbers = [i for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+        if len(numbers) == n:
+            return [f"{source}:{i}" for i in numbers]
+    return [f"{source} record {i + 1}" for i in range(n)]
 
 
 def _level(value) -> int | None:
@@ -80,32 +138,53 @@ def load_problems(cfg: DataConfig, *, source: str | list[str] | None = None, rep
     problems: list[Problem] = []
     for src in _sources(source):
         rows = load_rows(src, cfg.split)
+        if not rows:
+            raise ConfigError(f"{src}: no records")
         needed = [cfg.problem_field, cfg.answer_field or cfg.solution_field]
         for field_name in needed:
-            if rows and field_name not in rows[0]:
+            if all(field_name not in row for row in rows):
                 raise ConfigError(f"{src}: records have no field '{field_name}' (fields: {sorted(rows[0])})")
+        where = _record_lines(src, len(rows))
         for i, row in enumerate(rows):
             report.total += 1
-            rid = str(row.get(cfg.id_field, f"{Path(src).name}:{i}"))
+            rid = str(row.get(cfg.id_field) if row.get(cfg.id_field) is not None else f"{Path(src).name}:{i}")
             if cfg.levels and _level(row.get(cfg.level_field)) not in cfg.levels:
                 report.dropped_level += 1
                 continue
             if rid in excluded:
                 report.dropped_excluded += 1
                 continue
-            solution = str(row.get(cfg.solution_field) or "")
-            gold = row.get(cfg.answer_field) if cfg.answer_field else extract_boxed(solution)
-            if gold is None or str(gold).strip() == "":
-                report.dropped_no_gold += 1
+            question = row.get(cfg.problem_field)
+            if not isinstance(question, str) or not question.strip():
+                report.skip("bad_record", where[i], f"'{cfg.problem_field}' is {_describe(question)}")
                 continue
-            problems.append(Problem(id=rid, question=str(row[cfg.problem_field]), answer=str(gold).strip(), solution=solution))
+            solution = row.get(cfg.solution_field)
+            solution = solution if isinstance(solution, str) else ""
+            gold = row.get(cfg.answer_field) if cfg.answer_field else extract_boxed(solution)
+            if isinstance(gold, (int, float)) and not isinstance(gold, bool):
+                gold = str(gold)
+            if not isinstance(gold, str) or gold.strip() == "":
+                what = f"'{cfg.answer_field}' is {_describe(gold)}" if cfg.answer_field else f"no \\boxed{{}} answer in '{cfg.solution_field}'"
+                report.skip("no_gold", where[i], what)
+                continue
+            problems.append(Problem(id=rid, question=question, answer=gold.strip(), solution=solution))
     report.kept = len(problems)
     if not problems:
+        first = f"; first skipped: {report.first_skipped}" if report.first_skipped else ""
         raise ConfigError(
             f"data.source {source}: no problems left after filtering "
-            f"(total {report.total}, level {report.dropped_level}, excluded {report.dropped_excluded}, no gold {report.dropped_no_gold})"
+            f"(total {report.total}, level {report.dropped_level}, excluded {report.dropped_excluded}, "
+            f"no gold {report.dropped_no_gold}, bad records {report.dropped_bad_record}){first}"
         )
     return problems
+
+
+def _describe(value) -> str:
+    if value is None:
+        return "missing or null"
+    if isinstance(value, str):
+        return "empty"
+    return f"a {type(value).__name__}, not a string"
 
 
 def render_prompt(template: str, problem: Problem) -> str:
