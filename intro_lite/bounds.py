@@ -23,13 +23,23 @@ class Range:
     lt: float | None = None
 
     def describe(self) -> str:
-        lo = f"[{self.ge}" if self.ge is not None else (f"({self.gt}" if self.gt is not None else "(-inf")
-        hi = f"{self.le}]" if self.le is not None else (f"{self.lt})" if self.lt is not None else "inf)")
-        return f"{lo}, {hi}"
+        """">= 1", "> 0", "in (0, 1)", "in [0, 1]", ... (the words the messages use)."""
+        has_lo, has_hi = self.ge is not None or self.gt is not None, self.le is not None or self.lt is not None
+        if has_lo and has_hi:
+            lo = f"{'[' if self.ge is not None else '('}{_num(self.ge if self.ge is not None else self.gt)}"
+            hi = f"{_num(self.le if self.le is not None else self.lt)}{']' if self.le is not None else ')'}"
+            return f"in {lo}, {hi}"
+        if has_lo:
+            return f">= {_num(self.ge)}" if self.ge is not None else f"> {_num(self.gt)}"
+        return f"<= {_num(self.le)}" if self.le is not None else f"< {_num(self.lt)}"
 
     def holds(self, v: float) -> bool:
         return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
                 and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
 
 
 def bounded(default: Any, *, ge=None, gt=None, le=None, lt=None, also: tuple = ()) -> Any:
@@ -55,7 +65,8 @@ def check_bounds(obj: Any, prefix: str = "") -> None:
             raise ConfigError(f"'{key}' must be a finite number, got {value}")
         r = range_of(f)
         if r is not None and not r.holds(value):
-            raise ConfigError(f"'{key}' must be in {r.describe()}, got {value}")
+            also = "".join(f" or {a!r}" for a in f.metadata.get("also", ()))
+            raise ConfigError(f"'{key}' must be {r.describe()}{also}, got {value}")
 
 
 def unbounded_numeric_keys(cls: type, prefix: str = "") -> list[str]:
@@ -68,7 +79,8 @@ def unbounded_numeric_keys(cls: type, prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(tp):
             missing += unbounded_numeric_keys(tp, f"{prefix}{f.name}.")
             continue
-        arms = typing.get_args(tp) or (tp,)
+        union = typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None))
+        arms = typing.get_args(tp) if union else (tp,)
         if any(a in (int, float) for a in arms) and range_of(f) is None:
             missing.append(f"{prefix}{f.name}")
     return missing

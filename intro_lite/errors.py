@@ -7,3 +7,9 @@ class ConfigError(ValueError):
 
 class TrainingAborted(RuntimeError):
     """A one-line reason to stop a run (the CLI prints it and exits non-zero)."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when the message is empty."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from intro_lite.config import Config
+from intro_lite.errors import ConfigError, first_line
 
 
 def resolve_device(device: str) -> torch.device:
@@ -84,8 +85,6 @@ def load_adapter_weights(model, adapter_dir: str | Path) -> None:
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from intro_lite.config import ConfigError
-
     path = Path(adapter_dir) / "adapter_model.safetensors"
     if not path.exists():
         raise ConfigError(f"lora.init_adapter: {path} not found")
@@ -109,8 +108,6 @@ def check_adapter_matches_base(adapter_dir: str | Path, model_path: str) -> None
 
     Reads only adapter_config.json, the safetensors header (shapes, no weights) and the base's config, so
     a wrong base fails in a second instead of deep inside vLLM's or peft's loader."""
-    from intro_lite.config import ConfigError
-
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ConfigError(f"{adapter_dir}: no adapter_config.json (not a PEFT adapter directory)")
@@ -151,7 +148,6 @@ def _check_vllm_can_load(adapter_dir: Path) -> None:
     """DoRA, LoRA biases, modules_to_save, a rank above 512: vLLM refuses these with a traceback mid-run."""
     import json
 
-    from intro_lite.config import ConfigError
     from intro_lite.rollout.lora_rules import check_lora_compat
 
     try:
@@ -171,15 +167,13 @@ def _check_vllm_can_load(adapter_dir: Path) -> None:
 def _adapter_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
     from safetensors import safe_open
 
-    from intro_lite.config import ConfigError
-
     st, pt = adapter_dir / "adapter_model.safetensors", adapter_dir / "adapter_model.bin"
     if st.is_file():
         try:
             with safe_open(str(st), framework="pt") as f:
                 return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         except Exception as e:  # a truncated or foreign file: one line, not a traceback
-            raise ConfigError(f"{st}: unreadable safetensors file ({str(e).splitlines()[0]})") from None
+            raise ConfigError(f"{st}: unreadable safetensors file ({first_line(e)})") from None
     if pt.is_file():
         return {k: tuple(v.shape) for k, v in torch.load(pt, map_location="cpu", weights_only=True).items()}
     raise ConfigError(f"{adapter_dir}: no adapter_model.safetensors (or .bin)")
@@ -188,8 +182,6 @@ def _adapter_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
 def base_model_config(model_path: str) -> dict:
     """The base model's config.json as a dict (a local dir, or a hub name through the HF cache)."""
     import json
-
-    from intro_lite.config import ConfigError
 
     local = Path(model_path) / "config.json"
     try:
@@ -200,7 +192,7 @@ def base_model_config(model_path: str) -> dict:
 
             config = AutoConfig.from_pretrained(model_path).to_dict()
     except Exception as e:
-        raise ConfigError(f"{model_path}: cannot read the base model's config ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{model_path}: cannot read the base model's config ({first_line(e)})") from None
     config = config.get("text_config") or config  # multimodal wrappers keep the LM's sizes one level down
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads"):
         if key not in config:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from intro_lite.bounds import bounded
+
 
 @dataclass
 class ModelConfig:
@@ -23,9 +25,9 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
+    rank: int = bounded(16, ge=1)
+    alpha: float = bounded(32.0, gt=0)
+    dropout: float = bounded(0.0, ge=0, lt=1)
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -45,37 +47,37 @@ class DataConfig:
     exclude_ids_from: str = ""  # jsonl whose `id_field` values are dropped (e.g. MATH500)
     prompt_template: str = "{question}\n"  # x: no chat template, as in the paper
     hint_template: str = "{question}\nThe final answer is {answer}. Let me justify it step by step.\n"  # x ⊕ y
-    max_prompt_tokens: int = 512
+    max_prompt_tokens: int = bounded(512, ge=1)
 
 
 @dataclass
 class RolloutConfig:
-    group_size: int = 4  # G rationales per prompt
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 1024
-    max_model_len: int = 2048
-    gpu_memory_utilization: float = 0.3
+    group_size: int = bounded(4, ge=1)  # G rationales per prompt
+    temperature: float = bounded(1.0, gt=0, le=2)  # vLLM's range
+    top_p: float = bounded(1.0, gt=0, le=1)
+    max_new_tokens: int = bounded(1024, ge=1)
+    max_model_len: int = bounded(2048, ge=2)
+    gpu_memory_utilization: float = bounded(0.3, gt=0, le=1)
     quantization: Literal["none", "bitsandbytes"] = "none"  # vLLM's base weights (GPU only)
     enforce_eager: bool = True
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 100
-    prompts_per_step: int = 128  # the paper's batch size
-    micro_batch_size: int = 4  # rationales per forward/backward
-    lr: float = 1e-5
+    steps: int = bounded(100, ge=1)
+    prompts_per_step: int = bounded(128, ge=1)  # the paper's batch size
+    micro_batch_size: int = bounded(4, ge=1)  # rationales per forward/backward
+    lr: float = bounded(1e-5, gt=0, lt=1)
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    max_grad_norm: float = 1.0
-    checkpoint_every: int = 50  # steps; 0 = only final/
-    max_nonfinite_steps: int = 3  # non-finite loss/grad steps are skipped; more than this in a row aborts
-    keep_checkpoints: int = 2
-    max_rollout_tokens: int = 0  # budget: stop once this many rationale tokens were generated; 0 = run all steps
+    warmup_steps: int = bounded(0, ge=0)
+    weight_decay: float = bounded(0.0, ge=0)
+    adam_beta1: float = bounded(0.9, ge=0, lt=1)  # torch.optim.AdamW's range
+    adam_beta2: float = bounded(0.999, ge=0, lt=1)
+    max_grad_norm: float = bounded(1.0, gt=0)
+    checkpoint_every: int = bounded(50, ge=0)  # steps; 0 = only final/
+    max_nonfinite_steps: int = bounded(3, ge=0)  # non-finite loss/grad steps are skipped; more than this in a row aborts
+    keep_checkpoints: int = bounded(2, ge=1)
+    max_rollout_tokens: int = bounded(0, ge=0)  # budget: stop once this many rationale tokens were generated; 0 = run all steps
 
 
 @dataclass
@@ -83,13 +85,13 @@ class EvalConfig:
     """Held-out scoring before and after training (and the defaults of `intro-lite eval`)."""
 
     source: str = ""  # a benchmark name (as in `intro-lite eval`), a file, or "tiny"; "" = no eval during training
-    limit: int = 0  # 0 = all problems
-    samples: int = 1  # k samples per problem (avg@k)
-    temperature: float = 0.6  # the paper's evaluation sampling
-    top_p: float = 0.95
-    max_new_tokens: int = 1024
-    seed: int = 0
-    every: int = 0  # also score every N steps (accuracy-vs-step curves); 0 = before and after only
+    limit: int = bounded(0, ge=0)  # 0 = all problems
+    samples: int = bounded(1, ge=1)  # k samples per problem (avg@k)
+    temperature: float = bounded(0.6, ge=0, le=2)  # the paper's evaluation sampling
+    top_p: float = bounded(0.95, gt=0, le=1)
+    max_new_tokens: int = bounded(1024, ge=1)
+    seed: int = bounded(0, ge=0)
+    every: int = bounded(0, ge=0)  # also score every N steps (accuracy-vs-step curves); 0 = before and after only
 
 
 @dataclass
@@ -168,7 +170,7 @@ class ReproConfig:
 @dataclass
 class Config:
     name: str = "run"
-    seed: int = 0
+    seed: int = bounded(0, ge=0, lt=2**32)  # numpy seeds are 32-bit
     objective: str = "intro"
     output_dir: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)

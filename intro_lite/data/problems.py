@@ -10,7 +10,7 @@ from pathlib import Path
 
 from intro_lite.config.schema import DataConfig
 from intro_lite.config.sources import looks_local
-from intro_lite.errors import ConfigError
+from intro_lite.errors import ConfigError, first_line
 from intro_lite.grading import extract_boxed
 from intro_lite.tiny.assets import tiny_assets
 
@@ -73,12 +73,6 @@ def load_rows(source: str, split: str) -> list[dict]:
         except Exception as e:
             raise ConfigError(f"data.source: cannot load dataset {source!r} split {split!r}: {first_line(e)}") from None
     return ds.to_list()
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message, or its type when the message is empty."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _check_json_text(path: Path) -> None:

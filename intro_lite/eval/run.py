@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,7 +15,7 @@ from intro_lite.config import load_config
 from intro_lite.config.sources import PRESETS, get_spec
 from intro_lite.data.benchmarks import DEFAULT_DATA_DIR, load_benchmark
 from intro_lite.data.problems import Problem, render_prompt
-from intro_lite.errors import ConfigError
+from intro_lite.errors import ConfigError, first_line
 from intro_lite.eval.report import SCHEMA
 from intro_lite.eval.score import score
 from intro_lite.eval.targets import Target, adapter_rank, run_config
@@ -86,7 +87,11 @@ def run(settings: EvalSettings, targets: list[Target], out: Path, *, console=Non
     for t in targets:  # a wrong base fails here in one line, before vLLM loads anything or a file is written
         if t.adapter:
             check_adapter_matches_base(t.adapter, t.model_path)
-    out.mkdir(parents=True, exist_ok=True)
+    by_base: dict[str, list[Target]] = {}
+    for t in targets:
+        by_base.setdefault(t.model_path, []).append(t)
+    tokenized = {model_path: _tokenize(model_path, settings, problems, console) for model_path in by_base}
+    make_dir(out, "--out")
     results = {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -100,18 +105,21 @@ def run(settings: EvalSettings, targets: list[Target], out: Path, *, console=Non
     }
     samples: list[str] = []
 
-    def save() -> None:
-        write_atomic(out / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-        write_atomic(out / "samples.jsonl", "".join(samples))
+    def save(final: bool = False) -> None:
+        # Progress goes to *.partial files; results.json appears, whole, only when every row is scored,
+        # so an interrupted eval never blocks a rerun into the same --out.
+        suffix = "" if final else ".partial"
+        write_atomic(out / f"samples{suffix}.jsonl", "".join(samples))
+        write_atomic(out / f"results{suffix}.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        if final:
+            for name in ("samples.partial.jsonl", "results.partial.json"):
+                (out / name).unlink(missing_ok=True)
 
     save()
-    by_base: dict[str, list[Target]] = {}
-    for t in targets:
-        by_base.setdefault(t.model_path, []).append(t)
     with Grader(GRADER_TIMEOUT_S) as grader:
         for model_path, group in by_base.items():
             group.sort(key=lambda t: t.adapter is not None)  # the base row first
-            prompts, ids, max_len = _tokenize(model_path, settings, problems, console)
+            prompts, ids, max_len = tokenized[model_path]
             engine = _engine(model_path, group, max_len, settings, console)
             try:
                 for t in group:
@@ -124,13 +132,32 @@ def run(settings: EvalSettings, targets: list[Target], out: Path, *, console=Non
                         save()
             finally:
                 engine.close()
+    save(final=True)
     return results
+
+
+def make_dir(path: Path, what: str) -> None:
+    """mkdir -p, or one line saying why not (a file in the way, no permission)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"{what} {path}: a file is in the way, not a directory") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {path}: cannot create ({e.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: not writable")
 
 
 def _tokenize(model_path: str, settings: EvalSettings, problems: dict[str, list[Problem]], console):
     from transformers import AutoConfig, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_path)
+    from intro_lite.policy import base_model_config
+
+    base_model_config(model_path)  # a missing or unreadable base is one line here, before anything is written
+    try:
+        tok = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{model_path}: cannot load the tokenizer ({first_line(e)})") from None
     prompts = {n: [render_prompt(settings.prompt_template, p) for p in ps] for n, ps in problems.items()}
     ids = {n: [tok(x, add_special_tokens=True)["input_ids"] for x in xs] for n, xs in prompts.items()}
     longest = max(len(x) for xs in ids.values() for x in xs)

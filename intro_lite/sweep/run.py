@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from intro_lite.config import Config, load_config
-from intro_lite.errors import ConfigError
+from intro_lite.errors import ConfigError, first_line
 from intro_lite.io import write_atomic  # the project's one atomic writer (temp name, fsync, rename)
 from intro_lite.sweep.spec import Sweep, cell_config, cells, start_config
 
@@ -56,7 +56,7 @@ def run_sweep(sweep: Sweep, *, say: Callable[[str], None] = print, progress: boo
                 train(cfg, progress=progress, resume=resume, engine=engine, grader=grader)
             except Exception as e:  # one bad cell must not cost the others; KeyboardInterrupt still stops
                 _record_failure(run_dir, traceback.format_exc())
-                say(f"[{i + 1}/{len(jobs)}] {name}: FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                say(f"[{i + 1}/{len(jobs)}] {name}: FAILED: {type(e).__name__}: {first_line(e)}")
                 continue
             write_atomic(run_dir / "DONE", json.dumps({"seconds": time.time() - t0}) + "\n")
             say(f"[{i + 1}/{len(jobs)}] {name}: done in {time.time() - t0:.0f} s")
