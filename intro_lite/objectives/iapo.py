@@ -172,14 +172,18 @@ class IAPO:
 
 @torch.no_grad()
 def answer_probe_entropy(chunk: list[Row], ctx: PassContext, marker: str, shape) -> Tensor:
-    """IAPO last_token: entropy at the first answer position of x ⊕ z<t ⊕ marker, for every t."""
+    """IAPO last_token: entropy of the next-token distribution after x ⊕ z<t ⊕ marker (the first
+    answer position), for every t."""
     marker_ids = ctx.tokenizer(marker, add_special_tokens=False)["input_ids"]
+    # suffix_logits scores the tokens of a suffix: one placeholder after the marker makes it compute the
+    # distribution that follows the whole marker (its own id is never read: position t sees only < t).
+    probe = marker_ids + [marker_ids[-1]]
     out = torch.zeros(shape)
     for b, r in enumerate(chunk):
         heads = [r.x + r.suffix[:t] for t in range(r.n_loss)]
         for start in range(0, len(heads), 32):
             part = heads[start : start + 32]
-            logits, _, _ = ctx.logits(part, [marker_ids] * len(part))
-            last = torch.log_softmax(logits[:, len(marker_ids) - 1], -1)
+            logits, _, _ = ctx.logits(part, [probe] * len(part))
+            last = torch.log_softmax(logits[:, len(marker_ids)], -1)
             out[b, start : start + len(part)] = -(last.exp() * last).sum(-1).cpu()
     return out
