@@ -102,13 +102,19 @@ class LaTRO:
                      batch_totals=True)
 
     def make_rows(self, step: StepRollouts, **config) -> list[Row]:
-        """Every rollout, cut before its answer marker (keeping the rollout's own ids), ⊕ the gold answer y."""
+        """Every rollout without its EOS, cut before its answer marker (keeping the rollout's own ids),
+        ⊕ the gold answer y. The text the cut token held before the marker (" " of " The") starts y,
+        so x ⊕ z ⊕ y reads as the rollout did up to the marker."""
         c, tok = settings(self, config), step.tokenizer
         rows = rollout_rows(step, kept_only=False)
         for r in rows:
-            keep = cut_before_marker([tok.decode([t]) for t in r.suffix], tuple(c.answer_markers))
-            y = tok(c.answer_template.format(answer=step.problems[r.prompt].answer), add_special_tokens=False)["input_ids"]
-            r.suffix, r.n_loss = r.suffix[:keep] + y, keep
+            ids = r.suffix[:-1] if r.suffix and r.suffix[-1] == tok.eos_token_id else r.suffix
+            pieces = [tok.decode([t]) for t in ids]
+            keep = cut_before_marker(pieces, tuple(c.answer_markers))
+            text = "".join(pieces)
+            lead = text[len("".join(pieces[:keep])) : marker_start(text, tuple(c.answer_markers))]
+            answer = c.answer_template.format(answer=step.problems[r.prompt].answer)
+            r.suffix, r.n_loss = ids[:keep] + tok(lead + answer, add_special_tokens=False)["input_ids"], keep
         return rows
 
     def compute(self, inputs: ObjectiveInputs, *, generator=None, **config) -> tuple[Tensor, dict[str, float]]:
@@ -125,13 +131,17 @@ def cut_before_marker(pieces: list[str], markers: tuple[str, ...] = LATRO_ANSWER
     """How many leading tokens of a rationale to keep so that it stops before the first answer
     marker (LaTRO appends y there). ``pieces`` are the decoded text of each token id; a token that
     contains the marker's first character is dropped with everything after it. No marker: keep all."""
-    text = "".join(pieces)
-    starts = [i for i in (text.find(m) for m in markers) if i >= 0]
-    if not starts:
+    cut, end = marker_start("".join(pieces), markers), 0
+    if cut is None:
         return len(pieces)
-    cut, end = min(starts), 0
     for n, piece in enumerate(pieces):
         end += len(piece)
         if end > cut:
             return n
     return len(pieces)
+
+
+def marker_start(text: str, markers: tuple[str, ...] = LATRO_ANSWER_MARKERS) -> int | None:
+    """Where the first answer marker starts in ``text`` (None without one)."""
+    starts = [i for i in (text.find(m) for m in markers) if i >= 0]
+    return min(starts) if starts else None
