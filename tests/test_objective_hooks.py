@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from intro_lite.objectives import PassContext, Row, StepRollouts, get_objective, make_rows
+from intro_lite.objectives import ObjectiveInputs, PassContext, Row, StepRollouts, get_objective, make_rows
 from intro_lite.objectives.iapo import IapoConfig, answer_probe_entropy
 
 
@@ -76,3 +76,40 @@ def test_iapo_probe_is_the_entropy_after_the_whole_marker(tiny_assets):
     for t in range(len(z)):
         logp = torch.log_softmax(model(input_ids=torch.tensor([x + z[:t] + marker])).logits[0, -1].float(), -1)
         assert got[0, t].item() == pytest.approx(-(logp.exp() * logp).sum().item(), rel=1e-4, abs=1e-5), t
+
+
+def _fake_logits(prefixes, suffixes, V=64):
+    T = max(len(s) for s in suffixes)
+    tokens = torch.tensor([s + [0] * (T - len(s)) for s in suffixes])
+    mask = torch.tensor([[1.0] * len(s) + [0.0] * (T - len(s)) for s in suffixes])
+    scale = torch.tensor([float(len(p)) for p in prefixes]).view(-1, 1, 1)  # J̃ depends on the prefix length
+    return torch.arange(V, dtype=torch.float32).expand(len(prefixes), T, V) / scale, tokens, mask
+
+
+def test_repro_scores_its_end_point_before_eos():
+    tok = CharTokenizer()
+    z = tok.ids(["a", ".\n", "b", ".\n", "c"]) + [tok.eos_token_id]
+    row = Row(0, 0, [tok._id("Q")], [tok._id("Q")], z, len(z), 1.0)
+    scored = []
+
+    def logits(prefixes, suffixes):
+        scored.extend(prefixes)
+        return _fake_logits(prefixes, suffixes)
+
+    T, V = len(z), 7
+    inp = ObjectiveInputs(tokens=torch.tensor([z]), mask=torch.ones(1, T), policy_logits=torch.zeros(1, T, V))
+    get_objective("repro").extra_passes(inp, [row], PassContext(tok, [Answer("5")], logits))
+    assert inp.prefix_positions[0].tolist() == [0, 2, 4, 5]  # the end is |z| without EOS
+    assert max(len(p) for p in scored) == 1 + 5 and all(tok.eos_token_id not in p for p in scored)
+
+
+def test_repro_outcome_advantages_use_std_eps():
+    g = torch.Generator().manual_seed(0)
+    leaf = torch.randn(4, 5, 6, generator=g, dtype=torch.float64).requires_grad_(True)
+    inputs = ObjectiveInputs(tokens=torch.randint(0, 6, (4, 5), generator=g), mask=torch.ones(4, 5), policy_logits=leaf,
+                             rewards=torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64),
+                             group_ids=torch.zeros(4, dtype=torch.long),
+                             prefix_positions=torch.tensor([[0, 5]] * 4), prefix_scores=-torch.ones(4, 2))
+    repro, _ = get_objective("repro").compute(inputs, alpha=0.0, std_eps=0.5)
+    grpo, _ = get_objective("grpo").compute(inputs, beta=0.0, loss_aggregation="bnpo", std_eps=0.5)
+    torch.testing.assert_close(torch.autograd.grad(repro, leaf)[0], torch.autograd.grad(grpo, leaf)[0])

@@ -173,7 +173,7 @@ def repro_loss(
     raw, holds = repro_process_rewards(pos, s, valid, tokens.shape[1])
     normed = normalise_within_groups(raw.to(s.dtype), holds & mask, group_ids, eps=std_eps)
     process_adv = reverse_cumsum(normed, mask)
-    outcome_adv, flat = grpo_advantages(rewards, group_ids, batch=batch)
+    outcome_adv, flat = grpo_advantages(rewards, group_ids, std_eps=std_eps, batch=batch)
     adv = outcome_adv.to(process_adv.dtype).unsqueeze(1) + alpha * process_adv
     logp, entropy = token_logprobs(policy_logits, tokens, mask, with_entropy=True)
     loss, core = surrogate_loss(
@@ -228,13 +228,15 @@ class RePro:
 @torch.no_grad()
 def prefix_scores(chunk: list[Row], ctx: PassContext, c: ReproConfig, policy_logits: Tensor, mask: Tensor):
     """J̃_p = mean log-prob of the gold answer's tokens after x ⊕ z[:p], at 0, the top-k entropy
-    segment boundaries and |z| (docs/objectives.md). Returns (positions [B, P], scores [B, P]), padded -1 / 0."""
+    segment boundaries and |z| without its EOS (docs/objectives.md). Returns (positions [B, P], scores [B, P]), padded -1 / 0."""
     entropy = token_entropy(policy_logits, mask)
     tok, points_all, scores_all = ctx.tokenizer, [], []
     for b, r in enumerate(chunk):
         boundary = torch.tensor(segment_boundaries([tok.decode([t]) for t in r.suffix[: r.n_loss]], tuple(c.boundary_markers))
                                 + [False] * (entropy.shape[1] - r.n_loss))
-        points = select_prefix_points(entropy[b].cpu(), boundary, r.n_loss, k=c.top_k).tolist()
+        # The rationale ends before its EOS: the answer is scored where the text stops, never after EOS.
+        end = r.n_loss - int(r.n_loss > 0 and r.suffix[r.n_loss - 1] == tok.eos_token_id)
+        points = select_prefix_points(entropy[b].cpu(), boundary, end, k=c.top_k).tolist()
         answer = tok(c.answer_template.format(answer=ctx.problems[r.prompt].answer), add_special_tokens=False)["input_ids"]
         logits, tokens, amask = ctx.logits([r.x + r.suffix[:p] for p in points], [answer] * len(points))
         lp = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
