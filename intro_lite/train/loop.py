@@ -263,9 +263,17 @@ def roll_out(cfg: Config, engine, grader, problems, prompts: list[list[int]], id
     G = cfg.rollout.group_size
     with timer("rollout"):
         groups = engine.generate(prompts, n=G, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                 max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.seed * 1_000_003 + step,
-                                 logprobs=False)
+                                 max_new_tokens=cfg.rollout.max_new_tokens,
+                                 seed=rollout_seed(cfg.seed, step, len(prompts) * G), logprobs=False)
     pairs = [(i, s) for i, g in zip(idx, groups) for s in g]
     with timer("grading"):
         grades = grader.grade([(problems[i].answer, s.text) for i, s in pairs])
     return Rollouts(pairs, grades, G)
+
+
+def rollout_seed(seed: int, step: int, samples_per_step: int) -> int:
+    """The engine seed of step `step` (>= 1). The engine gives sample j of prompt i the seed
+    `base + i·G + j`, so step s takes [base_s, base_s + samples_per_step): consecutive steps get
+    adjacent, disjoint ranges and no two samples of a run share a random stream. (Step 1 keeps the
+    seed it always had; runs of seeds s and s + 1 overlap only after 1,000,003 samples.)"""
+    return seed * 1_000_003 + 1 + (step - 1) * samples_per_step
