@@ -64,11 +64,11 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
         for step in range(start + 1, cfg.train.steps + 1):
             timer = Timer()
             idx = sampler.next(cfg.train.prompts_per_step)  # 1. a batch of prompts
-            # 2-3. G rationales each with the current adapter, graded
-            rolled = roll_out(cfg, engine, grader, problems, [x_ids[i] for i in idx], idx, step, timer)
+            # 2-3. G rationales each with the current adapter, graded (none when it trains on gold solutions)
+            rolled = None if needs.gold_solution else roll_out(cfg, engine, grader, problems, x_ids, idx, step, timer)
             # 4. the objective's rows: correct rollouts only, all, gold solutions, cut rationales ⊕ y
-            rows = make_rows(objective, StepRollouts(idx, x_ids, xy_ids, tokenizer, problems, G, rolled.pairs,
-                                                     rolled.correct), **okw)
+            rows = make_rows(objective, StepRollouts(idx, x_ids, xy_ids, tokenizer, problems, G, rolled and rolled.pairs,
+                                                     rolled and rolled.correct), **okw)
             # 5-6. forward passes, loss, backward over micro-batches; one optimizer step on the LoRA weights
             result = train_step(setup, optimizer, rows, micro_batch_size=cfg.train.micro_batch_size,
                                 max_grad_norm=cfg.train.max_grad_norm, generator_seed=cfg.seed * 7_919 + step * 1_000,
@@ -79,7 +79,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
             with timer("sync"):  # 7. push the new adapter to vLLM
                 version = push_adapter(model, engine, run_dir, version=version + 1)
             # 8. log; evaluate and checkpoint on their schedules
-            rollout_tokens += sum(len(s.token_ids) for s in rolled.samples)
+            rollout_tokens += sum(len(s.token_ids) for s in rolled.samples) if rolled else 0
             record = step_record(step, scheduler.get_last_lr()[0], rolled, result, rows, timer, version=version,
                                  rollout_tokens=rollout_tokens)
             append_jsonl(run_dir / "metrics.jsonl", record)
@@ -258,9 +258,9 @@ class Rollouts:
         return [g.correct for g in self.grades]
 
 
-def roll_out(cfg: Config, engine, grader, problems, prompts: list[list[int]], idx: list[int], step: int, timer) -> Rollouts:
-    """G rationales per prompt with the current adapter, graded against the gold answers."""
-    G = cfg.rollout.group_size
+def roll_out(cfg: Config, engine, grader, problems, x_ids: list[list[int]], idx: list[int], step: int, timer) -> Rollouts:
+    """G rationales for each prompt `idx` with the current adapter, graded against the gold answers."""
+    G, prompts = cfg.rollout.group_size, [x_ids[i] for i in idx]
     with timer("rollout"):
         groups = engine.generate(prompts, n=G, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                  max_new_tokens=cfg.rollout.max_new_tokens,
