@@ -51,10 +51,12 @@ def train_step(setup: PassSetup, optimizer, rows: list[Row], *, micro_batch_size
             stats[k] = (stats.get(k) or 0.0) + (v if k.startswith("n_") else v * len(chunk) / n_rows)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
-    streak = nonfinite_guard(loss_total, grad_norm, nonfinite_streak, max_nonfinite_steps, step)
-    if streak == 0:
-        optimizer.step()  # parameters without a gradient (nothing kept) are left untouched
-    optimizer.zero_grad(set_to_none=True)
+    try:
+        streak = nonfinite_guard(loss_total, grad_norm, nonfinite_streak, max_nonfinite_steps, step)
+        if streak == 0:
+            optimizer.step()  # parameters without a gradient (nothing kept) are left untouched
+    finally:  # an aborted step leaves no gradient behind either
+        optimizer.zero_grad(set_to_none=True)
     return StepResult(loss_total, grad_norm, stats, streak)
 
 
