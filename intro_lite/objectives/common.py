@@ -79,6 +79,12 @@ def reference_logprobs_of(inputs: ObjectiveInputs, mask: Tensor) -> Tensor | Non
     return inputs.reference_logprobs.detach().masked_fill(~mask.bool(), 0.0)
 
 
+def surrogate_args(inputs: ObjectiveInputs) -> dict:
+    """The keyword inputs of the clipped-surrogate losses: π_old and π_ref log-probs, the batch info."""
+    return dict(sampled_logprobs=inputs.sampled_logprobs, reference_logprobs=reference_logprobs_of(inputs, inputs.mask),
+                batch=inputs.batch)
+
+
 def group_slots(group_ids: Tensor, universe: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(sorted unique ids of ``universe``, each universe row's slot, each ``group_ids`` row's slot)."""
     uniq, universe_slot = torch.unique(universe, sorted=True, return_inverse=True)

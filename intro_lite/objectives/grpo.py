@@ -9,7 +9,7 @@ from torch import Tensor
 
 from intro_lite.objectives.base import BatchInfo, Needs, ObjectiveInputs, register, settings
 from intro_lite.objectives.common import (STD_EPS, batch_info, check_shapes, group_inputs, grpo_advantages,
-                                          reference_logprobs_of, surrogate_loss, token_logprobs)
+                                          surrogate_args, surrogate_loss, token_logprobs)
 
 
 @dataclass
@@ -102,8 +102,8 @@ class GRPO:
         rewards, group_ids = group_inputs(inputs, self.name)
         return grpo_loss(
             inputs.policy_logits, inputs.tokens, inputs.mask, rewards, group_ids,
-            sampled_logprobs=inputs.sampled_logprobs, reference_logprobs=reference_logprobs_of(inputs, inputs.mask),
-            batch=inputs.batch, max_completion_length=inputs.max_completion_length, beta=c.beta, epsilon=c.epsilon,
+            **surrogate_args(inputs),
+            max_completion_length=inputs.max_completion_length, beta=c.beta, epsilon=c.epsilon,
             epsilon_high=c.epsilon_high, loss_aggregation=c.loss_aggregation, scale_rewards=c.scale_rewards,
             std_eps=c.std_eps,
         )

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from intro_lite.objectives.base import BatchInfo, Needs, ObjectiveInputs, PassContext, Row, register, settings
 from intro_lite.objectives.common import (STD_EPS, batch_info, check_shapes, group_inputs, grpo_advantages,
-                                          masked_mean, reference_logprobs_of, surrogate_loss, token_logprobs)
+                                          masked_mean, surrogate_args, surrogate_loss, token_logprobs)
 
 
 @dataclass
@@ -163,8 +163,7 @@ class IAPO:
         rewards, group_ids = group_inputs(inputs, self.name)
         return iapo_loss(
             inputs.policy_logits, inputs.tokens, inputs.mask, rewards, group_ids, mode=c.mode,
-            probe_entropy=inputs.probe_entropy, sampled_logprobs=inputs.sampled_logprobs,
-            reference_logprobs=reference_logprobs_of(inputs, inputs.mask), batch=inputs.batch,
+            probe_entropy=inputs.probe_entropy, **surrogate_args(inputs),
             lambda_s=c.lambda_s, lambda_c=c.lambda_c, epsilon_low=c.epsilon_low, epsilon_high=c.epsilon_high,
             beta=c.beta, std_eps=c.std_eps,
         )

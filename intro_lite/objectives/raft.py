@@ -10,7 +10,7 @@ from torch import Tensor
 
 from intro_lite.objectives.base import BatchInfo, Needs, ObjectiveInputs, register, settings
 from intro_lite.objectives.common import (batch_info, check_shapes, float_dtype, group_inputs, group_reward_stats,
-                                          reference_logprobs_of, require, surrogate_loss, token_logprobs, universe_of,
+                                          require, surrogate_args, surrogate_loss, token_logprobs, universe_of,
                                           zero_loss)
 
 
@@ -80,8 +80,8 @@ class RAFTpp:
         rewards = require(inputs.rewards, "rewards", self.name)
         return raft_pp_loss(
             inputs.policy_logits, inputs.tokens, inputs.mask, rewards,
-            sampled_logprobs=inputs.sampled_logprobs, reference_logprobs=reference_logprobs_of(inputs, inputs.mask),
-            batch=inputs.batch, epsilon=c.epsilon, beta=c.beta,
+            **surrogate_args(inputs),
+            epsilon=c.epsilon, beta=c.beta,
         )
 
 
@@ -149,6 +149,6 @@ class ReinforceRej:
         rewards, group_ids = group_inputs(inputs, self.name)
         return reinforce_rej_loss(
             inputs.policy_logits, inputs.tokens, inputs.mask, rewards, group_ids,
-            sampled_logprobs=inputs.sampled_logprobs, reference_logprobs=reference_logprobs_of(inputs, inputs.mask),
-            batch=inputs.batch, epsilon=c.epsilon, beta=c.beta,
+            **surrogate_args(inputs),
+            epsilon=c.epsilon, beta=c.beta,
         )

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from intro_lite.objectives.base import BatchInfo, Needs, ObjectiveInputs, PassContext, Row, register, settings
 from intro_lite.objectives.common import (STD_EPS, batch_info, check_shapes, check_whole_groups, group_inputs,
-                                          group_slots, grpo_advantages, masked_mean, reference_logprobs_of, require,
+                                          group_slots, grpo_advantages, masked_mean, require, surrogate_args,
                                           surrogate_loss, token_entropy, token_logprobs)
 
 REPRO_BOUNDARY_MARKERS = (".\n", "?\n", "\n\n")
@@ -220,8 +220,8 @@ class RePro:
         scores = require(inputs.prefix_scores, "prefix_scores (Needs.prefix_scores)", self.name)
         return repro_loss(
             inputs.policy_logits, inputs.tokens, inputs.mask, rewards, group_ids, positions, scores,
-            sampled_logprobs=inputs.sampled_logprobs, reference_logprobs=reference_logprobs_of(inputs, inputs.mask),
-            batch=inputs.batch, w=c.w, alpha=c.alpha, epsilon=c.epsilon, beta=c.beta, std_eps=c.std_eps,
+            **surrogate_args(inputs),
+            w=c.w, alpha=c.alpha, epsilon=c.epsilon, beta=c.beta, std_eps=c.std_eps,
         )
 
 
