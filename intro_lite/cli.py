@@ -69,8 +69,9 @@ def _print_summary(run_dir: Path) -> None:
     table = Table(title=f"run {run_dir}")
     for col in ("", "rollout acc", "mean length"):
         table.add_column(col)
-    table.add_row("first step", f"{first['rollout_accuracy']:.3f}", f"{first['mean_length']:.1f}")
-    table.add_row("last step", f"{last['rollout_accuracy']:.3f}", f"{last['mean_length']:.1f}")
+    fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731 (null: no rollouts, as for SFT)
+    table.add_row("first step", fmt(first["rollout_accuracy"], ".3f"), fmt(first["mean_length"], ".1f"))
+    table.add_row("last step", fmt(last["rollout_accuracy"], ".3f"), fmt(last["mean_length"], ".1f"))
     summary = run_dir / "eval_summary.json"
     if summary.exists():
         s = json.loads(summary.read_text())
