@@ -25,6 +25,8 @@ class Range:
     def describe(self) -> str:
         """">= 1", "> 0", "in (0, 1)", "in [0, 1]", ... (the words the messages use)."""
         has_lo, has_hi = self.ge is not None or self.gt is not None, self.le is not None or self.lt is not None
+        if has_lo and has_hi and all(isinstance(b, int) for b in (self.ge, self.le)):
+            return f">= {self.ge} and <= {self.le}"  # integer keys: counts and sizes
         if has_lo and has_hi:
             lo = f"{'[' if self.ge is not None else '('}{_num(self.ge if self.ge is not None else self.gt)}"
             hi = f"{_num(self.le if self.le is not None else self.lt)}{']' if self.le is not None else ')'}"

@@ -303,7 +303,7 @@ def test_all_with_true_token_posterior_recovers_marginal_gradient(y):
 def test_registry():
     objective = get_objective("intro")
     assert objective.name == "intro" and "intro" in available()
-    assert objective.needs == Needs(policy_grad=True, posterior=True, reference=False, kept_only=True)
+    assert objective.needs == Needs(posterior=True, reference=False, kept_only=True)
     with pytest.raises(ValueError, match="unknown objective 'nope'; known: .*intro"):
         get_objective("nope")
 

@@ -1,4 +1,4 @@
-"""Baseline objectives (intro_lite/objectives/baselines.py) against brute-force or hand-computed values."""
+"""Baseline objectives (intro_lite/objectives/*.py) against brute-force or hand-computed values."""
 
 import dataclasses
 import itertools
@@ -9,20 +9,13 @@ import pytest
 import torch
 
 from intro_lite.objectives import BatchInfo, Needs, ObjectiveInputs, available, get_objective, needs_of
-from intro_lite.objectives.baselines import (
-    cut_before_marker,
-    gpg_alpha,
-    grpo_advantages,
-    iapo_surprise,
-    kendall_tau_prefix,
-    normalise_per_sequence,
-    reinforce_rej_advantages,
-    repro_point_scores,
-    reverse_cumsum,
-    rloo_advantages,
-    segment_boundaries,
-    select_prefix_points,
-)
+from intro_lite.objectives.common import grpo_advantages
+from intro_lite.objectives.gpg import gpg_alpha
+from intro_lite.objectives.iapo import iapo_surprise, normalise_per_sequence
+from intro_lite.objectives.latro import cut_before_marker, rloo_advantages
+from intro_lite.objectives.raft import reinforce_rej_advantages
+from intro_lite.objectives.repro import (kendall_tau_prefix, repro_point_scores, reverse_cumsum, segment_boundaries,
+                                         select_prefix_points)
 
 F64 = torch.float64
 BASELINES = ["sft", "grpo", "dr_grpo", "raft++", "reinforce_rej", "gpg", "latro", "iapo", "repro"]
@@ -67,7 +60,7 @@ def _grad(loss, leaf):
 
 def test_registry_and_needs():
     assert set(BASELINES) | {"intro"} <= set(available())
-    assert get_objective("intro").needs == Needs(policy_grad=True, posterior=True, reference=False, kept_only=True)
+    assert get_objective("intro").needs == Needs(posterior=True, reference=False, kept_only=True)
     assert not needs_of(get_objective("intro")).batch_totals
     for name in BASELINES:
         assert needs_of(get_objective(name)).batch_totals, name
@@ -76,11 +69,11 @@ def test_registry_and_needs():
     grpo, dr = get_objective("grpo"), get_objective("dr_grpo")
     assert needs_of(grpo).reference and not needs_of(grpo, beta=0.0).reference
     assert not needs_of(dr).reference and needs_of(dr, beta=0.1).reference
-    assert needs_of(grpo).groups and not needs_of(grpo).whole_groups
+    assert not needs_of(grpo).whole_groups
 
     raft = needs_of(get_objective("raft++"))
-    assert raft.kept_only and not raft.reference and not raft.groups
-    assert not needs_of(get_objective("reinforce_rej")).kept_only and needs_of(get_objective("reinforce_rej")).groups
+    assert raft.kept_only and not raft.reference
+    assert not needs_of(get_objective("reinforce_rej")).kept_only
     assert needs_of(get_objective("sft")).gold_solution
 
     latro = get_objective("latro")
@@ -93,7 +86,7 @@ def test_registry_and_needs():
     assert needs_of(iapo, beta=0.01).reference
 
     repro = needs_of(get_objective("repro"))
-    assert repro.prefix_scores and repro.whole_groups and repro.groups and not repro.reference
+    assert repro.prefix_scores and repro.whole_groups and not repro.reference
 
 
 # ------------------------------------------------------------------------------------------------
@@ -422,7 +415,8 @@ def test_k3_kl_value_gradient_and_no_grad_to_reference():
     base = dict(tokens=tokens, mask=mask, policy_logits=leaf, rewards=torch.tensor([1.0, 0.0], dtype=F64),
                 group_ids=torch.tensor([0, 0]))
     beta = 0.04
-    with_ref, stats = get_objective("grpo").compute(ObjectiveInputs(**base, reference_logits=ref_logits), beta=beta)
+    ref_lp = ref_logits.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # carries a graph
+    with_ref, stats = get_objective("grpo").compute(ObjectiveInputs(**base, reference_logprobs=ref_lp), beta=beta)
     without, _ = get_objective("grpo").compute(ObjectiveInputs(**base), beta=0.0)
 
     lp = leaf.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
@@ -445,7 +439,7 @@ def test_k3_kl_value_gradient_and_no_grad_to_reference():
     with_ref.backward()
     assert ref_logits.grad is None  # the reference is a fixed target
 
-    # reference_logprobs (the cheap field) gives the same loss.
+    # Detached reference log-probs give the same loss.
     same, _ = get_objective("grpo").compute(ObjectiveInputs(**base, reference_logprobs=lr), beta=beta)
     torch.testing.assert_close(same, with_ref.detach())
     with pytest.raises(ValueError, match="reference"):

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from intro_lite.config import load_config
-from intro_lite.objectives import ObjectiveInputs, get_objective
+from intro_lite.objectives import Row, get_objective, needs_of
 from intro_lite.policy import load_policy, save_adapter, suffix_logits, trainable_parameters
+from intro_lite.train import PassSetup, train_step
 
 pytestmark = pytest.mark.slow
 
@@ -35,17 +36,13 @@ def fake_batch(tokenizer, n=3, seed=0):
 
 
 def intro_step(model, tokenizer, opt, x, xy, z, seed=0):
-    pad = tokenizer.pad_token_id
-    with torch.no_grad():
-        post, _, _ = suffix_logits(model, xy, z, pad)
-    pol, tokens, mask = suffix_logits(model, x, z, pad)
-    gen = torch.Generator().manual_seed(seed)
-    loss, stats = get_objective("intro").compute(ObjectiveInputs(tokens, mask, pol, post), n_candidates=5,
-                                                 clip_max=200.0, generator=gen)
-    loss.backward()
-    opt.step()
-    opt.zero_grad()
-    return loss, stats
+    """One InTRO train_step on the rationales z (all correct); returns (loss, stats)."""
+    okw = dict(n_candidates=5, clip_max=200.0)
+    objective = get_objective("intro")
+    setup = PassSetup(model, objective, needs_of(objective, **okw), okw, tokenizer.pad_token_id, tokenizer, [], 16)
+    rows = [Row(b, b, x[b], xy[b], z[b], len(z[b]), 1.0) for b in range(len(x))]
+    result = train_step(setup, opt, rows, micro_batch_size=len(rows), max_grad_norm=1e9, generator_seed=seed)
+    return torch.tensor(result.loss), result.stats
 
 
 def test_suffix_logits_match_a_plain_forward(tiny_assets, tmp_path):

@@ -12,6 +12,10 @@ from typing import Literal
 
 from intro_lite.bounds import bounded
 
+# Each objective owns its table's dataclass (defaults written once, there).
+from intro_lite.objectives import (DrGrpoConfig, GrpoConfig, IapoConfig, IntroConfig, LatroConfig, RaftPPConfig,
+                                   ReinforceRejConfig, ReproConfig, config_kwargs, get_objective)
+
 
 @dataclass
 class ModelConfig:
@@ -95,79 +99,6 @@ class EvalConfig:
 
 
 @dataclass
-class IntroConfig:
-    n_candidates: int | Literal["all"] = 5
-    clip_max: float = 200.0
-    logits_chunk_size: int = 128  # > 0: loss from hidden states, logits made this many positions at a time; 0 = full logits
-
-
-# Objective sections: the keyword arguments of each objective's `compute` (defaults as in
-# METHODS.md; docs/objectives.md says which are inferred). `raft++` reads the [raft_pp] table.
-
-
-@dataclass
-class GrpoConfig:
-    beta: float = 0.04  # k3 KL weight against the adapter-disabled base; 0 = no reference pass
-    epsilon: float = 0.2
-    epsilon_high: float = 0.0  # 0 = same as epsilon (DAPO's clip-higher when larger)
-    loss_aggregation: Literal["grpo", "bnpo", "dr_grpo"] = "grpo"
-    scale_rewards: bool = True
-    std_eps: float = 1e-4
-
-
-@dataclass
-class DrGrpoConfig(GrpoConfig):
-    """GRPO's keys with Dr. GRPO's defaults: no std scaling, `dr_grpo` aggregation, no KL."""
-
-    beta: float = 0.0
-    loss_aggregation: Literal["grpo", "bnpo", "dr_grpo"] = "dr_grpo"
-    scale_rewards: bool = False
-
-
-@dataclass
-class RaftPPConfig:
-    epsilon: float = 0.2
-    beta: float = 0.0
-
-
-@dataclass
-class ReinforceRejConfig:
-    epsilon: float = 0.2
-    beta: float = 0.0
-
-
-@dataclass
-class LatroConfig:
-    beta: float = 0.05
-    answer_markers: list[str] = field(default_factory=lambda: ["The answer is", "\\boxed"])
-    answer_template: str = "The answer is \\boxed{{{answer}}}."
-
-
-@dataclass
-class IapoConfig:
-    mode: Literal["next_token", "last_token"] = "next_token"
-    lambda_s: float = 1e-2
-    lambda_c: float = 1e-2
-    epsilon_low: float = 0.2
-    epsilon_high: float = 0.28
-    beta: float = 0.0
-    std_eps: float = 1e-4
-    probe_marker: str = "\nThe final answer is \\boxed{"
-
-
-@dataclass
-class ReproConfig:
-    w: float = 0.5
-    alpha: float = 0.1
-    epsilon: float = 0.2
-    beta: float = 0.0
-    std_eps: float = 1e-4
-    top_k: int = 10
-    boundary_markers: list[str] = field(default_factory=lambda: [".\n", "?\n", "\n\n"])
-    answer_template: str = "\\boxed{{{answer}}}"
-
-
-@dataclass
 class Config:
     name: str = "run"
     seed: int = bounded(0, ge=0, lt=2**32)  # numpy seeds are 32-bit
@@ -194,13 +125,4 @@ class Config:
 
     def objective_kwargs(self) -> dict:
         """The chosen objective's own table as `compute` keyword arguments ({} if it has none)."""
-        section = getattr(self, self.objective.replace("++", "_pp"), None)
-        if section is None:
-            return {}
-        kwargs = dict(vars(section))
-        if kwargs.get("epsilon_high") == 0.0 and "epsilon_low" not in kwargs:
-            kwargs["epsilon_high"] = None  # GRPO family: 0 means "same as epsilon"
-        for key in ("answer_markers", "boundary_markers"):
-            if key in kwargs:
-                kwargs[key] = tuple(kwargs[key])
-        return kwargs
+        return config_kwargs(getattr(self, get_objective(self.objective).section, None))

@@ -76,7 +76,8 @@ def one_step(rows, cfg: Config, engine, grader) -> Path:
     note = "" if rec["kept_fraction"] > 0 else "; no rollout was kept, so the update was empty"
     rows.append(("training step", status,
                  f"{cfg.objective}, {cfg.train.prompts_per_step}x{cfg.rollout.group_size} rollouts, "
-                 f"accuracy {rec['rollout_accuracy']:.2f}, kept {rec['kept_fraction']:.2f}, loss {rec['loss']:.4g}, "
+                 f"accuracy {'–' if rec['rollout_accuracy'] is None else format(rec['rollout_accuracy'], '.2f')}, "  # null: no rollouts (SFT)
+                 f"kept {rec['kept_fraction']:.2f}, loss {rec['loss']:.4g}, "
                  f"|g| {rec['grad_norm']:.3g}{note} [{time.perf_counter() - t0:.1f}s]"))
     return run_dir
 

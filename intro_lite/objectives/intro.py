@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from intro_lite.objectives import Needs, ObjectiveInputs, register
+from intro_lite.bounds import bounded
+from intro_lite.objectives.base import Needs, ObjectiveInputs, register, settings
 
 DEFAULT_CHUNK_SIZE = 128  # positions per chunk of intro_loss_from_hidden (intro.logits_chunk_size)
 STAT_KEYS = ("w_mean", "w_gt1_frac", "w_clipped_frac", "entropy", "w_own_mean", "n_tokens")
+
+
+@dataclass
+class IntroConfig:
+    n_candidates: int | Literal["all"] = bounded(5, ge=1, le=4096, also=("all",))  # more: use "all"
+    clip_max: float = bounded(200.0, gt=0)
+    # > 0: loss from hidden states, logits made this many positions at a time; 0 = full logits
+    logits_chunk_size: int = bounded(DEFAULT_CHUNK_SIZE, ge=0)
 
 
 def draw_uniforms(n_tokens: int, n_candidates: int, generator: torch.Generator | None, *, device, dtype) -> Tensor:
@@ -39,8 +50,8 @@ def intro_loss(
     tokens: Tensor,
     mask: Tensor,
     *,
-    n_candidates: int | str = 5,
-    clip_max: float = 200.0,
+    n_candidates: int | str = IntroConfig.n_candidates,
+    clip_max: float = IntroConfig.clip_max,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Negative InTRO objective over a batch of kept rationales.
@@ -155,8 +166,8 @@ def intro_loss_from_hidden(
     tokens: Tensor,
     mask: Tensor,
     *,
-    n_candidates: int | str = 5,
-    clip_max: float = 200.0,
+    n_candidates: int | str = IntroConfig.n_candidates,
+    clip_max: float = IntroConfig.clip_max,
     generator: torch.Generator | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[Tensor, dict[str, float]]:
@@ -315,24 +326,22 @@ class _ChunkedIntro(torch.autograd.Function):
 
 @register("intro")
 class InTRO:
-    needs = Needs(policy_grad=True, posterior=True, reference=False, kept_only=True)
+    needs = Needs(posterior=True, reference=False, kept_only=True)
     stat_keys = STAT_KEYS
+    config = IntroConfig
 
-    def needs_for(self, *, logits_chunk_size: int = 0, **_) -> Needs:
+    def needs_for(self, **config) -> Needs:
         # With a chunk size the loop hands over last hidden states + the LM head weight instead of logits.
-        return dataclasses.replace(self.needs, hidden_states=logits_chunk_size > 0)
+        # Called without config (pure use), the plain logits path; the run config passes its chunk size.
+        settings(self, config)
+        return dataclasses.replace(self.needs, hidden_states=config.get("logits_chunk_size", 0) > 0)
 
     def compute(
-        self,
-        inputs: ObjectiveInputs,
-        *,
-        n_candidates: int | str = 5,
-        clip_max: float = 200.0,
-        logits_chunk_size: int = 0,
-        generator: torch.Generator | None = None,
+        self, inputs: ObjectiveInputs, *, generator: torch.Generator | None = None, **config
     ) -> tuple[Tensor, dict[str, float]]:
         """``intro_loss`` on the logits, or ``intro_loss_from_hidden`` (chunks of ``logits_chunk_size``
         positions; DEFAULT_CHUNK_SIZE when it is 0) when the inputs carry hidden states and the LM head weight."""
+        c = settings(self, config)
         hidden = inputs.policy_hidden is not None
         if hidden and (inputs.posterior_hidden is None or inputs.lm_head_weight is None):
             raise ValueError("intro with policy_hidden needs posterior_hidden and lm_head_weight too")
@@ -349,17 +358,17 @@ class InTRO:
                 inputs.lm_head_weight,
                 inputs.tokens,
                 mask,
-                n_candidates=n_candidates,
-                clip_max=clip_max,
+                n_candidates=c.n_candidates,
+                clip_max=c.clip_max,
                 generator=generator,
-                chunk_size=logits_chunk_size or DEFAULT_CHUNK_SIZE,
+                chunk_size=c.logits_chunk_size or DEFAULT_CHUNK_SIZE,
             )
         return intro_loss(
             inputs.policy_logits,
             inputs.posterior_logits,
             inputs.tokens,
             mask,
-            n_candidates=n_candidates,
-            clip_max=clip_max,
+            n_candidates=c.n_candidates,
+            clip_max=c.clip_max,
             generator=generator,
         )

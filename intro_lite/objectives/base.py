@@ -1,0 +1,210 @@
+"""What an objective is and how the loop talks to it; the registry.
+
+An objective is a class registered with ``@register("name")``. It declares which forward passes
+the training loop must run (``needs``, or ``needs_for(**config)`` when that depends on its config:
+use :func:`needs_of`) and computes the loss from their outputs with a pure
+``compute(inputs, **config) -> (loss, stats)``; ``stats`` holds python floats for logging (keys
+starting ``n_`` are counts the loop adds up over micro-batches, the rest are means the loop
+weights by rows). Its ``config`` dataclass is its table in the run config (``section``, default
+the name) and holds every default of its keyword arguments.
+
+Two optional hooks let an objective own the rows and the extra passes only it needs, so the loop
+never names an objective:
+
+* ``make_rows(step, **config) -> list[Row]``: the rows to train this step (default
+  :func:`rollout_rows`: one per rollout, correct ones only if ``needs.kept_only``);
+* ``extra_passes(inputs, chunk, ctx, **config)``: fills ``inputs`` fields from further no-grad
+  passes (``ctx.logits``), run after the policy/posterior/reference passes of a micro-batch.
+
+All logits are ``[B, T, V]`` and sliced so that position t predicts ``tokens[:, t]`` (the
+rationale ids from the rollout); ``mask`` ``[B, T]`` is 1 on the tokens that count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Protocol
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Which passes and inputs an objective consumes (the policy pass x ⊕ z, with gradient, always runs)."""
+
+    posterior: bool = False  # x ⊕ y ⊕ z (answer-conditioned), no gradient
+    reference: bool = False  # x ⊕ z with the adapter disabled, no gradient
+    kept_only: bool = False  # only rationales whose answer was graded correct
+    # The rationale is the dataset's golden solution z*, not a rollout (SFT): the loop rolls nothing out.
+    gold_solution: bool = False
+    # The policy pass is over x ⊕ z ⊕ y: ``tokens`` hold z ⊕ y, ``mask`` marks z, ``answer_mask`` marks y (LaTRO).
+    answer_suffix: bool = False
+    # A micro-batch must hold every row of each group it touches (advantages depend on forward outputs).
+    whole_groups: bool = False
+    # ``probe_entropy``: per-position answer-probe entropies (IAPO ``last_token``), from ``extra_passes``.
+    answer_entropy_probe: bool = False
+    # ``prefix_positions``/``prefix_scores``: gold-answer log-probs after rationale prefixes (RePro), from ``extra_passes``.
+    prefix_scores: bool = False
+    # ``batch`` (whole-batch BatchInfo) is read: compute returns the micro-batch's share of the
+    # full-batch loss, and the loop sums micro-batch losses unscaled. When False (intro), compute
+    # returns a mean over its rows and the loop scales each micro-batch loss by rows / n_rows.
+    batch_totals: bool = False
+    # ``policy_hidden``/``posterior_hidden`` (last hidden states at the suffix positions) and
+    # ``lm_head_weight`` instead of full logits (InTRO's chunked loss); ``policy_logits`` is then None.
+    hidden_states: bool = False
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """Facts about every row trained in one optimizer step, for normalising across micro-batches.
+
+    Row order is irrelevant: group statistics are looked up by group id, totals are sums.
+    Rows are those the loop feeds to ``compute`` this step (after ``kept_only`` filtering).
+    """
+
+    lengths: Tensor  # [N] number of loss tokens of each row (its ``mask`` sum; z tokens for LaTRO)
+    rewards: Tensor | None = None  # [N] graded reward of each row (1/0), float
+    group_ids: Tensor | None = None  # [N] long, the prompt each row was sampled for
+
+
+@dataclass
+class ObjectiveInputs:
+    tokens: Tensor  # [B, T] token ids
+    mask: Tensor  # [B, T] 1 = token counts in the loss
+    policy_logits: Tensor | None  # [B, T, V]; None when the loop passes hidden states (needs.hidden_states)
+    posterior_logits: Tensor | None = None  # [B, T, V]
+    # log π_ref(tokens[b, t] | ...) of the adapter-disabled pass over the same positions, [B, T].
+    reference_logprobs: Tensor | None = None  # [B, T]
+    rewards: Tensor | None = None  # [B] graded reward (1 correct / 0 wrong)
+    group_ids: Tensor | None = None  # [B] long, rows with equal ids are rollouts of one prompt
+    # π_old(tokens[b, t]) for several updates per rollout batch. The loop does one update per batch
+    # and leaves it None: π_old = sg(π_θ), ratio 1 in value, gradient kept (METHODS.md).
+    sampled_logprobs: Tensor | None = None  # [B, T]
+    answer_mask: Tensor | None = None  # [B, T] 1 on the gold-answer tokens y (answer_suffix)
+    max_completion_length: int | None = None  # rollout max_new_tokens, for `dr_grpo` aggregation
+    # IAPO last_token: H_t = entropy of the next-token distribution at the first answer position
+    # after x ⊕ z<t ⊕ answer marker, for each rationale position t.
+    probe_entropy: Tensor | None = None  # [B, T]
+    # RePro: scored prefix lengths p (ascending; first 0, last the rationale's end; pad -1) and J̃_p,
+    # the mean log-prob of the gold answer tokens (``\boxed{y}``) given x ⊕ z[:p].
+    prefix_positions: Tensor | None = None  # [B, P] long
+    prefix_scores: Tensor | None = None  # [B, P] float
+    batch: BatchInfo | None = None  # whole-step totals; None = this micro-batch is the whole batch
+    # needs.hidden_states: logits = hidden @ lm_head_weight.T, made by the objective chunk by chunk.
+    policy_hidden: Tensor | None = None  # [B, T, H], with gradient
+    posterior_hidden: Tensor | None = None  # [B, T, H], no gradient
+    lm_head_weight: Tensor | None = None  # [V, H]
+
+
+@dataclass
+class Row:
+    """One training sequence: prefix x (and x⊕y) ids, suffix ids, and what the objective reads."""
+
+    prompt: int  # problem index
+    group: int  # rows of one prompt in this step share it
+    x: list[int]  # question prompt ids
+    xy: list[int]  # question + answer-hint prompt ids
+    suffix: list[int]  # rationale ids from the rollout (or z* for SFT, z_cut ⊕ y for LaTRO)
+    n_loss: int  # leading suffix tokens in the loss mask (the rest, if any, are LaTRO's y)
+    reward: float
+
+
+@dataclass
+class StepRollouts:
+    """One step's prompts and (unless the objective needs none) their graded rollouts, for ``make_rows``."""
+
+    idx: list[int]  # problem index of each prompt, in sampling order
+    x_ids: list[list[int]]  # question ids of every problem
+    xy_ids: list[list[int]]  # question + hint ids of every problem
+    tokenizer: Any
+    problems: list  # every problem (.answer, .solution)
+    group_size: int
+    rollouts: list | None = None  # [(problem index, sample with .token_ids)], G per prompt in order
+    correct: list[bool] | None = None  # graded, one per rollout
+
+
+@dataclass
+class PassContext:
+    """What ``extra_passes`` may use: text helpers and a no-grad scorer on the current policy."""
+
+    tokenizer: Any
+    problems: list
+    # logits(prefixes, suffixes) -> (logits [B, T, V] predicting each suffix token, suffix ids, mask), as
+    # policy.suffix_logits with the adapter on; the caller holds no_grad.
+    logits: Callable[[list[list[int]], list[list[int]]], tuple[Tensor, Tensor, Tensor]]
+
+
+def rollout_rows(step: StepRollouts, *, kept_only: bool) -> list[Row]:
+    """One row per rollout (its own token ids, EOS included), the correct ones only if ``kept_only``."""
+    G = step.group_size
+    return [Row(i, j // G, step.x_ids[i], step.xy_ids[i], list(s.token_ids), len(s.token_ids), float(c))
+            for j, ((i, s), c) in enumerate(zip(step.rollouts, step.correct)) if c or not kept_only]
+
+
+class Objective(Protocol):
+    name: ClassVar[str]
+    needs: ClassVar[Needs]  # with the default config; see needs_of
+    stat_keys: ClassVar[tuple[str, ...]]  # the keys of `compute`'s stats, logged as null when nothing trained
+    config: ClassVar[type | None]  # its config dataclass: the defaults of `compute`'s keyword arguments
+    section: ClassVar[str]  # its table in the run config (set by `register`, default the name)
+
+    def compute(self, inputs: ObjectiveInputs, **config) -> tuple[Tensor, dict[str, float]]: ...
+
+
+def needs_of(objective: Objective, **config) -> Needs:
+    """The passes ``objective`` needs under ``config`` (e.g. GRPO needs the reference only if beta > 0)."""
+    needs_for = getattr(objective, "needs_for", None)
+    return needs_for(**config) if needs_for is not None else objective.needs
+
+
+def make_rows(objective: Objective, step: StepRollouts, **config) -> list[Row]:
+    """The objective's own rows (``make_rows`` hook) or one per rollout."""
+    hook = getattr(objective, "make_rows", None)
+    if hook is not None:
+        return hook(step, **config)
+    return rollout_rows(step, kept_only=needs_of(objective, **config).kept_only)
+
+
+def settings(objective: Objective, config: dict):
+    """``config`` over the objective's config-dataclass defaults; an unknown key is a TypeError."""
+    fields = {f.name for f in dataclasses.fields(objective.config)} if objective.config else set()
+    unknown = set(config) - fields
+    if unknown:
+        raise TypeError(f"{objective.name}: unknown config keys {sorted(unknown)}")
+    return objective.config(**config) if objective.config else None
+
+
+def config_kwargs(section) -> dict:
+    """A config section (the objective's dataclass) as `compute` keyword arguments ({} for None)."""
+    return {} if section is None else {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+
+
+_REGISTRY: dict[str, Objective] = {}
+
+
+def register(name: str, *, section: str | None = None) -> Callable[[type], type]:
+    """Class decorator: registers one instance of the class under ``name``; ``section`` is its config
+    table when the name is not a TOML bare key (``raft++`` -> ``raft_pp``)."""
+
+    def decorate(cls: type) -> type:
+        if name in _REGISTRY:
+            raise ValueError(f"objective {name!r} is already registered")
+        cls.name = name
+        cls.section = section or name
+        cls.config = getattr(cls, "config", None)
+        _REGISTRY[name] = cls()
+        return cls
+
+    return decorate
+
+
+def get_objective(name: str) -> Objective:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown objective {name!r}; known: {', '.join(available())}") from None
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)

@@ -1,0 +1,65 @@
+"""The forward passes an objective declares (``Needs``) for one micro-batch, as ``ObjectiveInputs``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from intro_lite.objectives import Needs, ObjectiveInputs, PassContext, Row
+from intro_lite.policy import lm_head_weight, suffix_hidden, suffix_logits
+
+
+@dataclass
+class PassSetup:
+    """What the passes read besides the micro-batch; fixed for a run."""
+
+    model: object  # the peft policy
+    objective: object
+    needs: Needs
+    okw: dict  # the objective's config as keyword arguments
+    pad_id: int
+    tokenizer: object
+    problems: list  # every training problem (.answer), for the objectives' own passes
+    max_completion_length: int  # rollout.max_new_tokens
+
+
+def forward_passes(setup: PassSetup, chunk: list[Row]) -> ObjectiveInputs:
+    """Policy x ⊕ suffix (with gradient), then without gradient the answer-conditioned x ⊕ y ⊕ suffix,
+    the reference (adapter off) and the objective's own ``extra_passes`` (IAPO's probe, RePro's scores)."""
+    model, needs, pad = setup.model, setup.needs, setup.pad_id
+    x, suffixes = [r.x for r in chunk], [r.suffix for r in chunk]
+    # needs.hidden_states: last hidden states + the LM head weight; the objective makes the logits in chunks.
+    policy_hidden = policy_logits = None
+    if needs.hidden_states:
+        policy_hidden, tokens, full_mask = suffix_hidden(model, x, suffixes, pad)
+    else:
+        policy_logits, tokens, full_mask = suffix_logits(model, x, suffixes, pad)
+    device = tokens.device
+    n_loss = torch.tensor([r.n_loss for r in chunk], device=device)
+    pos = torch.arange(tokens.shape[1], device=device)
+    mask = (pos[None, :] < n_loss[:, None]).float() * full_mask
+    inputs = ObjectiveInputs(tokens=tokens, mask=mask, policy_logits=policy_logits,
+                             rewards=torch.tensor([r.reward for r in chunk], device=device),
+                             group_ids=torch.tensor([r.group for r in chunk], device=device),
+                             max_completion_length=setup.max_completion_length)
+    if needs.hidden_states:
+        inputs.policy_hidden, inputs.lm_head_weight = policy_hidden, lm_head_weight(model)
+    if needs.answer_suffix:
+        inputs.answer_mask = full_mask - mask
+    with torch.no_grad():
+        xy = [r.xy for r in chunk]
+        if needs.posterior and needs.hidden_states:
+            inputs.posterior_hidden = suffix_hidden(model, xy, suffixes, pad)[0]
+        elif needs.posterior:
+            inputs.posterior_logits = suffix_logits(model, xy, suffixes, pad)[0]
+        if needs.reference:
+            with model.disable_adapter():
+                ref, _, _ = suffix_logits(model, x, suffixes, pad)
+            inputs.reference_logprobs = torch.log_softmax(ref, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+            del ref
+        extra = getattr(setup.objective, "extra_passes", None)
+        if extra is not None:
+            ctx = PassContext(setup.tokenizer, setup.problems, lambda p, s: suffix_logits(model, p, s, pad))
+            extra(inputs, chunk, ctx, **setup.okw)
+    return inputs

@@ -1,0 +1,87 @@
+"""One optimizer step over a step's rows: micro-batches, passes, loss, backward, non-finite guard, step."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from intro_lite.errors import TrainingAborted
+from intro_lite.objectives import BatchInfo, Row
+from intro_lite.train import faults
+from intro_lite.train.passes import PassSetup, forward_passes
+
+
+@dataclass
+class StepResult:
+    loss: float  # the full-batch loss (sum of micro-batch shares)
+    grad_norm: float  # before clipping
+    stats: dict  # the objective's stat_keys; null if nothing was trained
+    nonfinite_streak: int  # 0 = the optimizer stepped; else non-finite steps in a row (this one skipped)
+
+
+def train_step(setup: PassSetup, optimizer, rows: list[Row], *, micro_batch_size: int, max_grad_norm: float,
+               generator_seed: int, step: int = 0, nonfinite_streak: int = 0, max_nonfinite_steps: int = 0,
+               timer=None) -> StepResult:
+    """Forward passes, the objective's loss and backward for each micro-batch (gradients accumulate),
+    then clip and step the optimizer unless the loss or gradient is not finite. Micro-batch c draws
+    InTRO's candidates from a generator seeded `generator_seed + c`."""
+    objective, needs, timer = setup.objective, setup.needs, timer or (lambda name: contextlib.nullcontext())
+    batch = BatchInfo(lengths=torch.tensor([r.n_loss for r in rows]), rewards=torch.tensor([r.reward for r in rows]),
+                      group_ids=torch.tensor([r.group for r in rows]))
+    stats: dict[str, float | None] = dict.fromkeys(objective.stat_keys)  # null if nothing trained
+    loss_total, n_rows = 0.0, len(rows)
+    setup.model.train()
+    for c, chunk in enumerate(micro_batches(rows, micro_batch_size, whole_groups=needs.whole_groups)):
+        with timer("forward"):
+            inputs = forward_passes(setup, chunk)
+            inputs.batch = batch if needs.batch_totals else None
+            gen = torch.Generator(device=inputs.tokens.device).manual_seed(generator_seed + c)
+            loss, chunk_stats = objective.compute(inputs, **setup.okw, generator=gen)
+        loss = faults.poison_loss(loss, step)
+        # Objectives with batch totals return their share of the full-batch loss; the others a row mean.
+        share = 1.0 if needs.batch_totals else len(chunk) / n_rows
+        with timer("backward"):
+            (loss * share).backward()
+        loss_total += loss.item() * share
+        for k, v in chunk_stats.items():  # counts (n_*) add up; the rest are row-weighted means
+            stats[k] = (stats.get(k) or 0.0) + (v if k.startswith("n_") else v * len(chunk) / n_rows)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
+    try:
+        streak = nonfinite_guard(loss_total, grad_norm, nonfinite_streak, max_nonfinite_steps, step)
+        if streak == 0:
+            optimizer.step()  # parameters without a gradient (nothing kept) are left untouched
+    finally:  # an aborted step leaves no gradient behind either
+        optimizer.zero_grad(set_to_none=True)
+    return StepResult(loss_total, grad_norm, stats, streak)
+
+
+def micro_batches(rows: list[Row], size: int, *, whole_groups: bool):
+    """Chunks of at most `size` rows; with `whole_groups`, never split a prompt's rows (at least one group)."""
+    if not whole_groups:
+        yield from (rows[i : i + size] for i in range(0, len(rows), size))
+        return
+    chunk: list[Row] = []
+    for group in itertools.groupby(rows, key=lambda r: r.group):
+        members = list(group[1])
+        if chunk and len(chunk) + len(members) > size:
+            yield chunk
+            chunk = []
+        chunk += members
+    if chunk:
+        yield chunk
+
+
+def nonfinite_guard(loss: float, grad_norm: float, streak: int, limit: int, step: int) -> int:
+    """0 if the step is finite; else the count of non-finite steps in a row (that step is skipped),
+    aborting once more than `limit` come in a row: the run is diverging, not hitting a fluke batch."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return 0
+    if streak + 1 > limit:
+        raise TrainingAborted(f"step {step}: loss or gradient not finite for {streak + 1} steps in a row "
+                              f"(train.max_nonfinite_steps = {limit}); lower train.lr or check the data")
+    return streak + 1

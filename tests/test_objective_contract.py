@@ -1,0 +1,106 @@
+"""The contract every registered objective keeps (a new objective is checked here without listing it):
+a finite scalar loss with stats named by stat_keys; micro-batches that sum to the full batch; and
+gradient only through the policy logits, never through rewards, reference, posterior or probe inputs."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from intro_lite.objectives import BatchInfo, ObjectiveInputs, available, get_objective, needs_of
+
+F64 = torch.float64
+REWARDS = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0]  # 3 groups of 4, one flat
+GROUPS = [0] * 4 + [1] * 4 + [2] * 4
+LENGTHS = [5, 3, 6, 2, 4, 6, 1, 3, 6, 5, 2, 4]
+T, V = 8, 7
+# Config only where the default is not exactly split-invariant: InTRO's sampled candidates depend on
+# each micro-batch's generator, its exact form does not.
+CONFIG = {"intro": {"n_candidates": "all"}}
+SIDE_INPUTS = ("posterior_logits", "reference_logprobs", "rewards", "probe_entropy", "prefix_scores")
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _inputs(seed=0) -> ObjectiveInputs:
+    """One batch carrying every input any objective reads (each objective takes what its Needs name)."""
+    B = len(REWARDS)
+    g = _gen(seed)
+    mask = (torch.arange(T).unsqueeze(0) < torch.tensor(LENGTHS).unsqueeze(1)).long()
+    answer = torch.zeros(B, T, dtype=torch.long)
+    for b, n in enumerate(LENGTHS):
+        answer[b, n : n + 2] = 1
+    positions = torch.full((B, 4), -1, dtype=torch.long)
+    for b, n in enumerate(LENGTHS):
+        pts = sorted({0, max(n // 2, 1), n}) if n > 1 else [0, n]
+        positions[b, : len(pts)] = torch.tensor(pts)
+    return ObjectiveInputs(
+        tokens=torch.randint(0, V, (B, T), generator=g), mask=mask,
+        policy_logits=(torch.randn(B, T, V, generator=g, dtype=F64) * 1.5).requires_grad_(True),
+        posterior_logits=torch.randn(B, T, V, generator=g, dtype=F64) * 1.5,
+        reference_logprobs=-torch.rand(B, T, generator=g, dtype=F64) * 3,
+        rewards=torch.tensor(REWARDS, dtype=F64), group_ids=torch.tensor(GROUPS), answer_mask=answer,
+        max_completion_length=10, probe_entropy=torch.rand(B, T, generator=g, dtype=F64) * 2,
+        prefix_positions=positions, prefix_scores=-torch.rand(B, 4, generator=g, dtype=F64) * 4 - 0.5,
+    )
+
+
+def _rows(inputs: ObjectiveInputs, rows, batch) -> ObjectiveInputs:
+    fields = {f.name: getattr(inputs, f.name) for f in dataclasses.fields(inputs)}
+    out = {k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in fields.items()}
+    return ObjectiveInputs(**{**out, "batch": batch})
+
+
+def _case(name):
+    config = CONFIG.get(name, {})
+    needs = needs_of(get_objective(name), **config)
+    inputs = _inputs()
+    keep = [b for b, r in enumerate(REWARDS) if r > 0 or not needs.kept_only]  # the loop's kept_only filter
+    inputs = _rows(inputs, torch.tensor(keep), None)
+    return get_objective(name), config, needs, dataclasses.replace(inputs, policy_logits=inputs.policy_logits.detach()
+                                                                   .requires_grad_(True))
+
+
+@pytest.mark.parametrize("name", available())
+def test_finite_scalar_loss_and_declared_stats(name):
+    objective, config, _, inputs = _case(name)
+    loss, stats = objective.compute(inputs, **config, generator=_gen(0))
+    assert loss.dim() == 0 and torch.isfinite(loss) and loss.requires_grad
+    assert set(stats) == set(objective.stat_keys)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in stats.values()), stats
+
+
+@pytest.mark.parametrize("name", available())
+def test_micro_batches_sum_to_the_full_batch(name):
+    objective, config, needs, inputs = _case(name)
+    leaf, n = inputs.policy_logits, inputs.tokens.shape[0]
+    full, _ = objective.compute(inputs, **config, generator=_gen(0))
+    (g_full,) = torch.autograd.grad(full, leaf)
+    ids = inputs.group_ids.tolist()
+    # Whole groups when the objective needs them, else a cut through the middle of a group.
+    cut = ids.index(ids[n // 2]) if needs.whole_groups else n // 2
+    batch = BatchInfo(lengths=inputs.mask.bool().sum(1), rewards=inputs.rewards, group_ids=inputs.group_ids)
+    total = 0.0
+    for rows in (torch.arange(0, cut), torch.arange(cut, n)):
+        part, _ = objective.compute(_rows(inputs, rows, batch if needs.batch_totals else None), **config,
+                                    generator=_gen(0))
+        total = total + (part if needs.batch_totals else part * len(rows) / n)  # the loop's weighting
+    (g_split,) = torch.autograd.grad(total, leaf)
+    torch.testing.assert_close(total, full, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_split, g_full, rtol=1e-9, atol=1e-12)
+    assert g_full.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", available())
+def test_gradient_reaches_only_the_policy_logits(name):
+    objective, config, _, inputs = _case(name)
+    side = {f: getattr(inputs, f).clone().requires_grad_(True) for f in SIDE_INPUTS}
+    inputs = dataclasses.replace(inputs, **side)
+    loss, _ = objective.compute(inputs, **config, generator=_gen(0))
+    loss.backward()
+    assert inputs.policy_logits.grad is not None and inputs.policy_logits.grad.abs().sum() > 0
+    for field, leaf in side.items():
+        assert leaf.grad is None, field

@@ -1,0 +1,138 @@
+"""train_step and the loop's helpers, called directly on the small tiny-test model (no vLLM)."""
+
+import pytest
+import torch
+
+from intro_lite.train import rollout_seed
+
+
+def test_rollout_seeds_never_repeat_across_steps_or_samples():
+    # The engine gives sample j of prompt i the seed base + i·G + j (RolloutEngine.generate).
+    for seed in (0, 1, 7):
+        for P, G in ((16, 4), (1, 1), (3, 8)):
+            used = [rollout_seed(seed, step, P * G) + i * G + j for step in range(1, 201) for i in range(P) for j in range(G)]
+            assert len(set(used)) == len(used), (seed, P, G)
+    assert rollout_seed(3, 1, 64) == 3 * 1_000_003 + 1  # step 1 keeps the seed it always had
+
+
+def tiny_test_cfg(tmp_path, *extra):
+    from intro_lite.config import load_config
+
+    return load_config("recipes/tiny.toml", ["model.name_or_path=tiny-test", "data.source=tiny-test", 'eval.source=""',
+                                             "model.quantization=none", f'output_dir="{tmp_path}"', *extra])
+
+
+class NoRolloutEngine:
+    """An engine for objectives that roll nothing out: generating is an error."""
+
+    def set_adapter(self, path):
+        pass
+
+    def generate(self, *args, **kwargs):
+        raise AssertionError("this objective needs no rollouts")
+
+
+def test_sft_rolls_nothing_out(tiny_assets, tmp_path):
+    import json
+
+    from intro_lite.train import train
+
+    cfg = tiny_test_cfg(tmp_path, 'objective="sft"', "train.steps=2", "train.prompts_per_step=3",
+                        "train.checkpoint_every=0")
+    run = train(cfg, progress=False, engine=NoRolloutEngine(), grader=object())
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2]
+    for r in lines:
+        assert r["rollout_accuracy"] is None and r["mean_length"] is None and r["rollout_tokens_total"] == 0
+        assert r["kept_fraction"] == 1.0 and r["n_tokens"] > 0 and r["loss"] == r["nll"] > 0
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_assets, tmp_path_factory):
+    from intro_lite.policy import load_policy
+
+    return load_policy(tiny_test_cfg(tmp_path_factory.mktemp("p")), str(tiny_assets.model_dir))
+
+
+def _rows(tok, G=3, prompts=2, seed=0):
+    from intro_lite.objectives import Row
+
+    g = torch.Generator().manual_seed(seed)
+    V, rows = len(tok), []
+    for p in range(prompts):
+        x = torch.randint(5, V, (5 + p,), generator=g).tolist()
+        for k in range(G):
+            z = torch.randint(5, V, (3 + 2 * k + p,), generator=g).tolist()
+            rows.append(Row(p, p, x, x + [7, 8], z, len(z), float((k + p) % 2)))
+    return rows
+
+
+def _setup(model, tok, name, **okw):
+    from intro_lite.objectives import get_objective, needs_of
+    from intro_lite.train import PassSetup
+
+    objective = get_objective(name)
+    return PassSetup(model, objective, needs_of(objective, **okw), okw, tok.pad_token_id, tok, [], 16)
+
+
+def _step(model, tok, name, rows, mb, lr=1.0, **kw):
+    """Parameter change after one train_step with SGD(lr) (= −lr·gradient), and its result."""
+    from intro_lite.policy import trainable_parameters
+    from intro_lite.train import train_step
+
+    params = trainable_parameters(model)
+    before = [p.detach().clone() for p in params]
+    opt = torch.optim.SGD(params, lr=lr)
+    result = train_step(_setup(model, tok, name, **kw.pop("okw", {})), opt, rows, micro_batch_size=mb,
+                        max_grad_norm=1e9, generator_seed=5, **kw)
+    delta = [p.detach() - b for p, b in zip(params, before)]
+    with torch.no_grad():
+        for p, b in zip(params, before):
+            p.copy_(b)
+    return delta, result
+
+
+# InTRO's sampled candidates depend on the micro-batch's generator: its exact form ("all") is compared.
+@pytest.mark.parametrize("name, okw", [("grpo", {"beta": 0.04}), ("intro", {"n_candidates": "all"}), ("latro", {})])
+def test_train_step_micro_batches_equal_one_batch(policy, name, okw):
+    model, tok = policy
+    rows = _rows(tok)
+    if name == "intro":  # kept_only: the loop feeds it correct rollouts only
+        rows = [r for r in rows if r.reward > 0]
+    if name == "latro":  # z ⊕ y: the last two suffix tokens are the answer
+        for r in rows:
+            r.n_loss = len(r.suffix) - 2
+    full, r_full = _step(model, tok, name, rows, mb=len(rows), okw=okw)
+    split, r_split = _step(model, tok, name, rows, mb=3, okw=okw)
+    assert r_full.nonfinite_streak == 0 and r_full.grad_norm > 0
+    assert r_split.loss == pytest.approx(r_full.loss, rel=1e-5, abs=1e-7)
+    for a, b in zip(full, split):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert any(d.abs().sum() > 0 for d in full)
+
+
+def test_train_step_loss_is_the_objectives_loss(policy):
+    from intro_lite.train import forward_passes
+
+    model, tok = policy
+    rows = _rows(tok)
+    _, result = _step(model, tok, "grpo", rows, mb=2, okw={"beta": 0.04})
+    setup = _setup(model, tok, "grpo", beta=0.04)
+    inputs = forward_passes(setup, rows)
+    loss, stats = setup.objective.compute(inputs, beta=0.04)
+    assert result.loss == pytest.approx(loss.item(), rel=1e-5, abs=1e-7)
+    assert result.stats["n_tokens"] == stats["n_tokens"] == sum(r.n_loss for r in rows)
+    assert set(result.stats) == set(setup.objective.stat_keys)
+
+
+def test_train_step_skips_a_nonfinite_step_then_aborts(policy, monkeypatch):
+    from intro_lite.train import TrainingAborted
+
+    model, tok = policy
+    monkeypatch.setenv("INTRO_LITE_FAULT_NAN_STEPS", "3")
+    delta, result = _step(model, tok, "sft", _rows(tok), mb=4, step=3, max_nonfinite_steps=1)
+    assert result.nonfinite_streak == 1 and all(torch.all(d == 0) for d in delta)
+    with pytest.raises(TrainingAborted, match="step 3: loss or gradient not finite for 2 steps in a row"):
+        _step(model, tok, "sft", _rows(tok), mb=4, step=3, nonfinite_streak=1, max_nonfinite_steps=1)
+    delta, result = _step(model, tok, "sft", _rows(tok), mb=4, step=4, nonfinite_streak=1, max_nonfinite_steps=1)
+    assert result.nonfinite_streak == 0 and any(d.abs().sum() > 0 for d in delta)
