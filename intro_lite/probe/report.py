@@ -28,13 +28,13 @@ def render(res: dict, console) -> None:
         ("  share of correct hinted / plain rationales that derive y",
          f"{_f(acc['hinted_derived_frac'])} / {_f(acc['plain_derived_frac'])}"),
         ("mean length x / x ⊕ y (tokens)", f"{acc['plain_mean_length']:.1f} / {acc['hinted_mean_length']:.1f}"),
-        ("kept rationales (positions, answer positions)",
-         f"{res['kept']['rationales']} ({res['kept']['positions']}, {res['kept'].get('answer_positions', 0)})"),
-        ("share of KL(q‖p) on answer tokens", _f(res["kl_share_answer"])),
+        ("kept rationales (positions)", f"{res['kept']['rationales']} ({res['kept']['positions']})"),
+        ("share of KL(q‖p) on answer / final value / rest tokens",
+         " / ".join(_f(res["kl_share"][c]) for c in ("answer", "final_value", "rest"))),
         ("KL(q‖p) summed along a kept rationale, mean", _f(res["sequence_kl_mean"])),
-        ("uncertain positions (H(p) > entropy), all / non-answer",
+        ("uncertain positions (H(p) > entropy), all / rest",
          f"{_f(unc['uncertain_frac'])} / {_f(unc['uncertain_frac_rest'])}"),
-        ("... where the teacher moves mass (TV > tv), all / non-answer",
+        ("... where the teacher moves mass (TV > tv), all / rest",
          f"{_f(unc['moved_frac'])} / {_f(unc['moved_frac_rest'])}"),
         (f"posterior check: Spearman(log w, MC log w*) pooled / within, {chk['n_pairs']} pairs",
          f"{_f(chk.get('spearman_pooled'))} / {_f(chk.get('spearman_within_mean'))}"),
@@ -48,7 +48,7 @@ def render(res: dict, console) -> None:
     by = Table(title="kept rationales by position class and relative position (decile of the length)")
     for col in ("positions", "n", *PER_POSITION):
         by.add_column(col, justify="right")
-    for name in ("answer", "rest", "all"):
+    for name in ("answer", "final_value", "rest", "all"):
         by.add_row(name, *_cells(res["by_class"][name]))
     for d in res["by_decile"]:
         by.add_row(f"{10 * d['decile']}-{10 * d['decile'] + 10}%", *_cells(d))
@@ -80,9 +80,9 @@ def plot(res: dict, path: Path) -> None:
     left.plot(xs, [d["abs_log_w"] for d in ds], marker="s", label="mean |log w|")
     left.axhline(1.0, color="gray", lw=0.8, ls=":")
     right.plot(xs, [d["kl"] for d in ds], marker="o", color="C2", label="mean KL(q‖p)")
-    for name, ls in (("answer", "--"), ("rest", "-.")):
+    for name, ls in (("final_value", "--"), ("rest", "-.")):
         if res["by_class"][name].get("kl") is not None:
-            right.axhline(res["by_class"][name]["kl"], color="gray", lw=1, ls=ls, label=f"{name} tokens")
+            right.axhline(res["by_class"][name]["kl"], color="gray", lw=1, ls=ls, label=f"{name.replace('_', ' ')} tokens")
     for ax, title in ((left, "InTRO weight"), (right, "teacher vs policy")):
         ax.set_xlabel("relative position in the kept rationale (%)")
         ax.set_xlim(0, 100)

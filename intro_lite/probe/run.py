@@ -21,8 +21,9 @@ from intro_lite.grading import Grader
 from intro_lite.io import write_atomic
 from intro_lite.objectives.intro import DEFAULT_CHUNK_SIZE
 from intro_lite.policy import check_adapter_matches_base, lm_head_weight, load_policy, suffix_hidden
-from intro_lite.probe.stats import (ANSWER_MARKERS, Thresholds, answer_start, last_number_before_answer,
-                                    masked_means, position_stats, posterior_check, relative_deciles, same_number, verdict)
+from intro_lite.probe.stats import (ANSWER_MARKERS, CLASSES, Thresholds, last_number_before_answer,
+                                    masked_means, position_stats, posterior_check, relative_deciles, same_number,
+                                    token_classes, verdict)
 from intro_lite.train import check_context_length, make_engine, resolve_model_path, tokenize_problems
 
 SEED_OFFSET = 977_000_000  # the probe's rollout seeds sit away from the training loop's (seed·1_000_003 + step)
@@ -145,8 +146,8 @@ def teacher_passes(cfg: Config, model, tok, kept, x_ids, xy_ids, *, top_k: int) 
 
 
 def layout(kept, tok, markers) -> dict:
-    """Where each position of the kept rationales sits, row-major: its ``row``, index ``at``, whether it is
-    an ``answer`` token (``answer_start``), whether it is the ``end`` (an EOS closing the rationale)."""
+    """Where each position of the kept rationales sits, row-major: its ``row``, index ``at``, its class
+    ``cls`` (``token_classes``: 0 rest, 1 final value, 2 answer), whether it is the ``end`` (an EOS closing it)."""
     lengths = [len(z) for _, z in kept]
     if not lengths:
         return {"lengths": []}
@@ -155,8 +156,7 @@ def layout(kept, tok, markers) -> dict:
     return {"lengths": lengths, "end": ends,
             "row": torch.repeat_interleave(torch.arange(len(kept)), torch.tensor(lengths)),
             "at": torch.cat([torch.arange(L) for L in lengths]),
-            "answer": torch.cat([torch.arange(len(z)) >= answer_start(tok.batch_decode([[x] for x in z]), markers)
-                                 for _, z in kept])}
+            "cls": torch.cat([token_classes(tok.batch_decode([[x] for x in z]), markers) for _, z in kept])}
 
 
 def summarise(pos: dict, where: dict, t: Thresholds) -> dict:
@@ -164,27 +164,28 @@ def summarise(pos: dict, where: dict, t: Thresholds) -> dict:
     lengths = where["lengths"]
     n = sum(lengths)
     if n == 0:
-        empty = {"n": 0}
-        return {"kept": {"rationales": 0, "positions": 0}, "by_class": {"answer": empty, "rest": empty, "all": empty},
-                "by_decile": [], "kl_share_answer": None, "sequence_kl_mean": None,
+        return {"kept": {"rationales": 0, "positions": 0}, "by_class": {c: {"n": 0} for c in (*CLASSES, "all")},
+                "by_decile": [], "kl_share": dict.fromkeys(CLASSES), "sequence_kl_mean": None,
                 "uncertainty": dict.fromkeys(("uncertain_frac", "uncertain_frac_rest", "moved_frac", "moved_frac_rest")),
                 "misleading": {"eos_ratio": None, "eos_q_lower_frac": None, "n_ends": 0}}
-    answer, ends = where["answer"], where["end"]
+    cls, ends = where["cls"], where["end"]
     values = {"kl": pos["kl"], "abs_log_w": pos["log_w"].abs(), "w_own": pos["log_w"].exp(), "entropy": pos["entropy"],
               "tv": pos["tv"]}
     decile = relative_deciles(lengths)
     uncertain = pos["entropy"] > t.entropy
     moved = uncertain & (pos["tv"] > t.tv)
-    rest = ~answer
+    rest = cls == 0
     eos_log_ratio = (pos["logq_eos"] - pos["logp_eos"])[ends]
-    row_kl = torch.split(pos["kl"], lengths)
+    total_kl = pos["kl"].sum()
     return {
-        "kept": {"rationales": len(lengths), "positions": n, "answer_positions": int(answer.sum())},
-        "by_class": {"answer": masked_means(values, answer), "rest": masked_means(values, rest),
+        "kept": {"rationales": len(lengths), "positions": n, **{f"{c}_positions": int((cls == k).sum())
+                                                                 for k, c in enumerate(CLASSES)}},
+        "by_class": {**{c: masked_means(values, cls == k) for k, c in enumerate(CLASSES)},
                      "all": masked_means(values, torch.ones(n, dtype=torch.bool))},
         "by_decile": [{"decile": d, **masked_means(values, decile == d)} for d in range(10)],
-        "kl_share_answer": (pos["kl"][answer].sum() / pos["kl"].sum()).item() if pos["kl"].sum() > 0 else None,
-        "sequence_kl_mean": sum(k.sum().item() for k in row_kl) / len(row_kl),
+        "kl_share": {c: (pos["kl"][cls == k].sum() / total_kl).item() if total_kl > 0 else None
+                     for k, c in enumerate(CLASSES)},
+        "sequence_kl_mean": total_kl.item() / len(lengths),
         "uncertainty": {"uncertain_frac": uncertain.double().mean().item(),
                         "uncertain_frac_rest": uncertain[rest].double().mean().item() if rest.any() else None,
                         "moved_frac": moved.double().mean().item(),
@@ -197,16 +198,22 @@ def summarise(pos: dict, where: dict, t: Thresholds) -> dict:
 
 def prefix_check(cfg: Config, engine, grader, tok, problems, kept, pos: dict, where: dict, x_ids,
                  s: ProbeSettings, t: Thresholds) -> dict:
-    """Posterior check: K uncertain non-answer positions of kept rationales; from each prefix x ⊕ z<t ⊕ v,
-    M continuations for the policy's top candidates v, graded; then ``posterior_check``."""
+    """Posterior check: K distinct prefixes ending at uncertain "rest" positions of kept rationales (neither
+    the answer nor its final value); from x ⊕ z<t ⊕ v, M continuations for each of the policy's top
+    candidates v, graded; then ``posterior_check``."""
     if not kept or s.prefixes < 1 or s.rollouts < 1:
         return {"n_pairs": 0, "note": "no kept rationales" if not kept else "disabled"}
-    row, at, answer = where["row"], where["at"], where["answer"]
-    pool = ((pos["entropy"] > t.entropy) & ~answer & (at < cfg.rollout.max_new_tokens - 1)).nonzero().flatten()
+    row, at = where["row"], where["at"]
+    pool = ((pos["entropy"] > t.entropy) & (where["cls"] == 0) & (at < cfg.rollout.max_new_tokens - 1)).nonzero().flatten()
     if len(pool) == 0:
-        return {"n_pairs": 0, "note": f"no non-answer position with policy entropy > {t.entropy}"}
+        return {"n_pairs": 0, "note": f"no rest position with policy entropy > {t.entropy}"}
     g = torch.Generator().manual_seed(cfg.seed)
-    chosen = pool[torch.randperm(len(pool), generator=g)[: s.prefixes]].tolist()
+    chosen, seen = [], set()
+    for j in pool[torch.randperm(len(pool), generator=g)].tolist():  # distinct prefixes x ⊕ z<t only
+        i, z = kept[row[j]]
+        if len(chosen) < s.prefixes and (key := (i, tuple(z[: at[j]]))) not in seen:
+            seen.add(key)
+            chosen.append(j)
     seed = cfg.seed * 1_000_003 + SEED_OFFSET + 20_000_000
     successes, details = [], []
     for k, j in enumerate(chosen):

@@ -26,7 +26,7 @@ class Thresholds:
 
     entropy: float = 0.5  # nats: the policy is "uncertain" at a position above this
     tv: float = 0.1  # total variation between q and p above which "the teacher moves mass"
-    moved: float = 0.05  # "signal" needs at least this fraction of non-answer positions uncertain and moved
+    moved: float = 0.05  # "signal" needs at least this fraction of "rest" positions uncertain and moved
     rho: float = 0.3  # "signal" needs the posterior check's pooled Spearman at least this
     min_pairs: int = 8  # fewer (prefix, candidate) pairs than this: the check cannot support "signal"
     hint_gain: float = 0.0  # "misleading" if hinted accuracy - plain accuracy <= this
@@ -67,21 +67,37 @@ def position_stats(h_p: Tensor, h_q: Tensor, weight: Tensor, own: Tensor, eos_id
     return {key: torch.cat(v) for key, v in cols.items()}
 
 
-def answer_start(pieces: list[str], markers: tuple[str, ...] = ANSWER_MARKERS) -> int:
-    """Index of the first "answer token": the token holding the first character of the LAST
-    occurrence of any marker in the decoded rationale ``"".join(pieces)``; ``len(pieces)`` if none."""
-    text = "".join(pieces)
-    start = max(text.rfind(m) for m in markers)
-    if start < 0:
-        return len(pieces)
-    return bisect.bisect_right(list(itertools.accumulate(len(x) for x in pieces)), start)
+CLASSES = ("rest", "final_value", "answer")  # position classes, in the order of token_classes' codes
+
+
+def final_value(text: str, markers: tuple[str, ...] = ANSWER_MARKERS) -> tuple[int, re.Match | None]:
+    """(where the last occurrence of any answer marker starts, −1 if none; the last number before it)."""
+    cut = max(text.rfind(m) for m in markers)
+    found = list(NUMBER.finditer(text if cut < 0 else text[:cut]))
+    return cut, (found[-1] if found else None)
+
+
+def token_classes(pieces: list[str], markers: tuple[str, ...] = ANSWER_MARKERS) -> Tensor:
+    """Class code of each token of a rationale whose tokens decode to ``pieces``: 2 = "answer" from the
+    token holding the first character of the LAST occurrence of any marker to the end; 1 = "final_value",
+    the tokens overlapping the last number before that marker (the value the answer restates: the hint
+    gives it away); 0 = "rest". Without a marker every token is "rest"."""
+    cut, value = final_value("".join(pieces), markers)
+    ends = list(itertools.accumulate(len(x) for x in pieces))
+    codes = torch.zeros(len(pieces), dtype=torch.long)
+    if cut < 0:
+        return codes
+    if value:
+        a, b = value.span()
+        codes[bisect.bisect_right(ends, a) : bisect.bisect_left(ends, b) + 1] = 1
+    codes[bisect.bisect_right(ends, cut) :] = 2
+    return codes
 
 
 def last_number_before_answer(text: str, markers: tuple[str, ...] = ANSWER_MARKERS) -> str | None:
-    """The last numeric literal before the last answer marker (the whole text if there is none)."""
-    cut = max(text.rfind(m) for m in markers)
-    found = NUMBER.findall(text if cut < 0 else text[:cut])
-    return found[-1] if found else None
+    """The last numeric literal before the last answer marker (in the whole text if there is none)."""
+    value = final_value(text, markers)[1]
+    return value.group() if value else None
 
 
 def same_number(a: str | None, b: str) -> bool:
@@ -175,7 +191,7 @@ def verdict(hint_gain: float, eos_ratio: float | None, moved_rest: float | None,
         bad.append(f"q(EOS)/p(EOS) at rationale ends {eos_ratio:.3f} < {t.eos_ratio:.3f} (q favours continuing)")
     if bad:
         return "misleading", bad
-    why = [f"moved fraction of non-answer positions {_fmt(moved_rest)} vs >= {t.moved:.3f}",
+    why = [f"uncertain-and-moved fraction of rest positions {_fmt(moved_rest)} vs >= {t.moved:.3f}",
            f"posterior-check Spearman {_fmt(rho)} vs >= {t.rho:.3f} over {n_pairs} pairs (need >= {t.min_pairs})"]
     ok = (moved_rest is not None and moved_rest >= t.moved and rho is not None and rho >= t.rho
           and n_pairs >= t.min_pairs)
