@@ -51,6 +51,9 @@ def test_token_classes_answer_final_value_rest():
     # the last marker is "\boxed" (inside " \\"); the final value is "24" before it; "The answer is" is rest
     assert codes == [0] * 5 + [1, 1] + [0] * 4 + [2] * 8
     assert token_classes(["1", "=2", "4."]).tolist() == [0, 0, 0]  # no marker: everything is rest
+    # every spelling of the final value before the answer is "final value", other numbers are not
+    verbose = ["We", " gives", " 4", "7", ".", " gives", " 4", "6", ".", " So", " is", " 4", "6", ".", " answer is", " 4", "6"]
+    assert token_classes(verbose).tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 0, 2, 2, 2]
     # a piece that holds the number with other text counts as final value; marker inside a piece
     assert token_classes(["x", "=42", ". answer is", " 42"]).tolist() == [0, 1, 2, 2]
 

@@ -82,6 +82,7 @@ def run_probe(cfg: Config, *, out: Path, adapter: str | None = None, settings: P
         where = layout(kept, tok, s.markers)
         lap("passes")
         results = summarise(pos, where, t)
+        results["top_kl"] = top_kl_positions(pos, where, kept, tok, problems)
         results["posterior_check"] = prefix_check(cfg, engine, grader, tok, problems, kept, pos, where, x_ids, s, t)
         lap("posterior_check")
     finally:
@@ -194,6 +195,21 @@ def summarise(pos: dict, where: dict, t: Thresholds) -> dict:
                        "eos_q_lower_frac": (eos_log_ratio < 0).double().mean().item() if len(eos_log_ratio) else None,
                        "n_ends": int(ends.sum())},
     }
+
+
+def top_kl_positions(pos: dict, where: dict, kept, tok, problems, n: int = 10, context: int = 12) -> list[dict]:
+    """The ``n`` positions of largest KL(q‖p): where the teacher disagrees most, with the text before them."""
+    if not kept:
+        return []
+    out = []
+    for j in pos["kl"].topk(min(n, len(pos["kl"]))).indices.tolist():
+        i, z = kept[where["row"][j]]
+        t = int(where["at"][j])
+        out.append({"problem": problems[i].id, "answer": problems[i].answer, "position": t, "class": CLASSES[where["cls"][j]],
+                    "before": tok.decode(z[max(0, t - context) : t]), "token": tok.decode([z[t]]),
+                    "policy_top": tok.batch_decode([[v] for v in pos["top_ids"][j].tolist()]),
+                    **{k: pos[k][j].item() for k in ("kl", "log_w", "entropy", "tv")}})
+    return out
 
 
 def prefix_check(cfg: Config, engine, grader, tok, problems, kept, pos: dict, where: dict, x_ids,

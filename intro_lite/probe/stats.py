@@ -80,16 +80,18 @@ def final_value(text: str, markers: tuple[str, ...] = ANSWER_MARKERS) -> tuple[i
 def token_classes(pieces: list[str], markers: tuple[str, ...] = ANSWER_MARKERS) -> Tensor:
     """Class code of each token of a rationale whose tokens decode to ``pieces``: 2 = "answer" from the
     token holding the first character of the LAST occurrence of any marker to the end; 1 = "final_value",
-    the tokens overlapping the last number before that marker (the value the answer restates: the hint
-    gives it away); 0 = "rest". Without a marker every token is "rest"."""
-    cut, value = final_value("".join(pieces), markers)
+    the tokens overlapping any spelling, before that marker, of the last number before it (the value the
+    answer restates, e.g. "which gives 46. So the result is 46.": the hint gives these digits away);
+    0 = "rest". Without a marker every token is "rest"."""
+    text = "".join(pieces)
+    cut, value = final_value(text, markers)
     ends = list(itertools.accumulate(len(x) for x in pieces))
     codes = torch.zeros(len(pieces), dtype=torch.long)
     if cut < 0:
         return codes
-    if value:
-        a, b = value.span()
-        codes[bisect.bisect_right(ends, a) : bisect.bisect_left(ends, b) + 1] = 1
+    for m in NUMBER.finditer(text[:cut]) if value else ():
+        if m.group() == value.group():
+            codes[bisect.bisect_right(ends, m.start()) : bisect.bisect_left(ends, m.end()) + 1] = 1
     codes[bisect.bisect_right(ends, cut) :] = 2
     return codes
 
