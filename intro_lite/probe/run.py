@@ -50,6 +50,7 @@ def run_probe(cfg: Config, *, out: Path, adapter: str | None = None, settings: P
         nonlocal clock
         seconds[name] = round(time.perf_counter() - clock, 2)
         clock = time.perf_counter()
+        say(f"probe: {name} done in {seconds[name]:.1f} s")
 
     model_path = resolve_model_path(cfg.model.name_or_path)
     check_context_length(cfg, model_path)
