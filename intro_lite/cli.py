@@ -243,6 +243,51 @@ def doctor(
     raise typer.Exit(code=0 if ok else 1)
 
 
+@app.command()
+def probe(
+    recipe: Path = typer.Argument(..., help="Recipe TOML: its model, training data, prompts and rollout settings."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="A trained LoRA adapter dir (default: the recipe's)."),
+    limit: int = typer.Option(64, "--limit", help="Problems of the training data to probe."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for results.json and probe.png (default runs/probe/<name>)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key (repeatable)."),
+    prefixes: int = typer.Option(8, "--prefixes", help="Posterior check: uncertain positions K (0 = skip)."),
+    candidates: int = typer.Option(4, "--candidates", help="Posterior check: the policy's top tokens per position."),
+    rollouts: int = typer.Option(16, "--rollouts", help="Posterior check: continuations M per (position, token)."),
+    threshold: list[str] = typer.Option([], "--threshold", help="Verdict cut-off: --threshold rho=0.4 (docs/probe.md)."),
+) -> None:
+    """Will InTRO have signal here? Teacher-vs-policy statistics on the recipe's data and a one-line verdict."""
+    import dataclasses
+
+    from intro_lite.probe.stats import Thresholds
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    known = {f.name: f.type for f in dataclasses.fields(Thresholds)}
+    pairs = [_pair(x, "--threshold", str) for x in threshold]
+    if bad := [k for k, _ in pairs if k not in known]:
+        _fail(f"--threshold {bad[0]}: unknown (known: {', '.join(known)})")
+    if limit < 1 or candidates < 1 or rollouts < 1 or prefixes < 0:
+        _fail("--limit, --candidates and --rollouts must be >= 1, --prefixes >= 0")
+    try:
+        thresholds = Thresholds(**{k: (int if known[k] in (int, "int") else float)(v) for k, v in pairs})
+    except ValueError as e:
+        _fail(f"--threshold: {e}")
+        return
+    try:
+        cfg = load_config(recipe, list(set_))
+        from intro_lite.probe.report import render
+        from intro_lite.probe.run import ProbeSettings, run_probe
+
+        out = out or Path("runs/probe") / cfg.name
+        res = run_probe(cfg, out=out, adapter=str(adapter) if adapter else None, thresholds=thresholds,
+                        settings=ProbeSettings(limit=limit, prefixes=prefixes, candidates=candidates, rollouts=rollouts),
+                        say=lambda m: console.print(m, highlight=False))
+    except ConfigError as e:
+        _fail(str(e))
+        return
+    render(res, Console(width=max(Console().width, 120)))
+    Console().print(f"results: {out / 'results.json'}  plot: {out / 'probe.png'}", highlight=False, soft_wrap=True)
+
+
 def _warn(msg: str) -> None:
     console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False, soft_wrap=True)
 
