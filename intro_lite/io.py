@@ -96,3 +96,15 @@ def verify_manifest(directory: Path, name: str) -> str:
         if _sha256(p) != want["sha256"]:
             return f"{rel} does not match its checksum"
     return ""
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """A matplotlib figure as a PNG, atomically (temporary sibling, then rename), and closed."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import random
 import tomllib
-from pathlib import Path
 
 import pytest
 

@@ -12,7 +12,6 @@ import ast
 import sys
 from pathlib import Path
 
-import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "intro_lite"
 MAX_LINES = 400

@@ -28,7 +28,7 @@ def validate(cfg: Config) -> None:
 
     _require(cfg.objective in available(), "objective", f"must be one of {available()}, got {cfg.objective!r}")
     check_bounds(cfg)  # every numeric key's declared range, and finiteness
-    r, t, lo = cfg.rollout, cfg.train, cfg.lora
+    r, lo = cfg.rollout, cfg.lora
     _require(cfg.data.max_prompt_tokens + r.max_new_tokens <= r.max_model_len, "rollout.max_new_tokens",
              f"+ data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) must fit in rollout.max_model_len "
              f"({r.max_model_len}), got {r.max_new_tokens}")

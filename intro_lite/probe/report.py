@@ -71,7 +71,7 @@ def plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from intro_lite.sweep import _save
+    from intro_lite.io import save_figure
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 3.8))
     ds = [d for d in res["by_decile"] if d["n"]]
@@ -90,4 +90,4 @@ def plot(res: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{res['name']}: {res['verdict']['label']}")
-    _save(fig, path)
+    save_figure(fig, path)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from intro_lite.config import Config
-from intro_lite.data import PromptSampler, load_problems
+from intro_lite.data.problems import PromptSampler, load_problems
 from intro_lite.grading import Grader
 from intro_lite.io import write_atomic
 from intro_lite.objectives.intro import DEFAULT_CHUNK_SIZE

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from intro_lite.eval.run import versions
-from intro_lite.io import write_atomic
+from intro_lite.io import save_figure, write_atomic
 from intro_lite.sweep.spec import Sweep, cell_config, cells
 
 
@@ -200,7 +199,7 @@ def plot(sweep: Sweep, results: list[CellResult], start_acc, start_len) -> list[
         ax.set_title(f"{title} ({sweep.name})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        _save(fig, sweep.dir / fname)
+        save_figure(fig, sweep.dir / fname)
         out.append((title, fname))
     for key, values in sweep.grid.items():
         if key == "seed" or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
@@ -229,16 +228,6 @@ def plot(sweep: Sweep, results: list[CellResult], start_acc, start_len) -> list[
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fname = f"accuracy_vs_{short}.png"
-        _save(fig, sweep.dir / fname)
+        save_figure(fig, sweep.dir / fname)
         out.append((f"Accuracy vs {short}", fname))
     return out
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
