@@ -3,30 +3,16 @@
 What callers use is re-exported here."""
 
 from intro_lite.config.load import DEFAULTS_FILE, load_config, parse_override, to_dict, to_toml, toml_literal
-from intro_lite.config.schema import (
-    Config,
-    DataConfig,
-    DrGrpoConfig,
-    EvalConfig,
-    GrpoConfig,
-    IapoConfig,
-    IntroConfig,
-    LatroConfig,
-    LoraConfig,
-    ModelConfig,
-    RaftPPConfig,
-    ReinforceRejConfig,
-    ReproConfig,
-    RolloutConfig,
-    TrainConfig,
-)
+from intro_lite.config.schema import Config, CoreConfig, DataConfig, EvalConfig, LoraConfig, ModelConfig, RolloutConfig, TrainConfig
+from intro_lite.objectives import (DrGrpoConfig, GrpoConfig, IapoConfig, IntroConfig, LatroConfig, RaftPPConfig,
+                                   ReinforceRejConfig, ReproConfig)
 from intro_lite.config.sources import is_tiny
 from intro_lite.config.validate import validate
 from intro_lite.errors import ConfigError
 
 __all__ = [
     "DEFAULTS_FILE", "load_config", "parse_override", "to_dict", "to_toml", "toml_literal", "validate", "is_tiny",
-    "ConfigError", "Config", "ModelConfig", "LoraConfig", "DataConfig", "RolloutConfig", "TrainConfig", "EvalConfig",
+    "ConfigError", "Config", "CoreConfig", "ModelConfig", "LoraConfig", "DataConfig", "RolloutConfig", "TrainConfig", "EvalConfig",
     "IntroConfig", "GrpoConfig", "DrGrpoConfig", "RaftPPConfig", "ReinforceRejConfig", "LatroConfig", "IapoConfig",
     "ReproConfig",
 ]

@@ -6,15 +6,14 @@ it equal to these defaults, so a non-editable install without the file behaves t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from intro_lite.bounds import bounded
 
 # Each objective owns its table's dataclass (defaults written once, there).
-from intro_lite.objectives import (DrGrpoConfig, GrpoConfig, IapoConfig, IntroConfig, LatroConfig, RaftPPConfig,
-                                   ReinforceRejConfig, ReproConfig, config_kwargs, get_objective)
+from intro_lite.objectives import config_kwargs, get_objective, registered
 
 
 @dataclass
@@ -99,7 +98,9 @@ class EvalConfig:
 
 
 @dataclass
-class Config:
+class CoreConfig:
+    """The run's own keys and tables; `Config` adds one table per objective that has keys."""
+
     name: str = "run"
     seed: int = bounded(0, ge=0, lt=2**32)  # numpy seeds are 32-bit
     objective: str = "intro"
@@ -110,14 +111,6 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    intro: IntroConfig = field(default_factory=IntroConfig)
-    grpo: GrpoConfig = field(default_factory=GrpoConfig)
-    dr_grpo: DrGrpoConfig = field(default_factory=DrGrpoConfig)
-    raft_pp: RaftPPConfig = field(default_factory=RaftPPConfig)
-    reinforce_rej: ReinforceRejConfig = field(default_factory=ReinforceRejConfig)
-    latro: LatroConfig = field(default_factory=LatroConfig)
-    iapo: IapoConfig = field(default_factory=IapoConfig)
-    repro: ReproConfig = field(default_factory=ReproConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -126,3 +119,19 @@ class Config:
     def objective_kwargs(self) -> dict:
         """The chosen objective's own table as `compute` keyword arguments ({} if it has none)."""
         return config_kwargs(getattr(self, get_objective(self.objective).section, None))
+
+
+def _objective_tables() -> list[tuple[str, type, Any]]:
+    """[section, dataclass, field] of every registered objective with keys, in registration order:
+    an objective's table comes from its own module (adding one touches no file here)."""
+    tables: dict[str, type] = {}
+    for objective in registered():
+        if objective.config is not None:
+            tables.setdefault(objective.section, objective.config)
+    return [(section, cls, field(default_factory=cls)) for section, cls in tables.items()]
+
+
+# `cfg.intro`, `cfg.grpo`, ...: one table per objective, typed by its own config dataclass.
+Config = make_dataclass("Config", _objective_tables(), bases=(CoreConfig,))
+Config.__module__ = __name__
+Config.__doc__ = "The whole run configuration: CoreConfig's tables, then each objective's own table."

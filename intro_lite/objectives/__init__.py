@@ -17,22 +17,30 @@ the registry; ``common`` the shared tensor helpers. Loop protocol (docs/objectiv
         (loss if needs.batch_totals else loss * rows / n_rows).backward()
 """
 
+import importlib
+import pkgutil
+
 from intro_lite.objectives.base import (BatchInfo, Needs, Objective, ObjectiveInputs, PassContext, Row, StepRollouts,
                                         available, config_kwargs, get_objective, make_rows, needs_of, register,
-                                        rollout_rows, settings)
+                                        registered, rollout_rows, settings)
 
-# Each module registers its objective on import.
-from intro_lite.objectives import intro, sft, grpo, raft, gpg, latro, iapo, repro  # noqa: E402,F401
-from intro_lite.objectives.intro import IntroConfig
-from intro_lite.objectives.grpo import DrGrpoConfig, GrpoConfig
-from intro_lite.objectives.raft import RaftPPConfig, ReinforceRejConfig
-from intro_lite.objectives.latro import LatroConfig
-from intro_lite.objectives.iapo import IapoConfig
-from intro_lite.objectives.repro import ReproConfig
+# Every other module of this package is an objective and registers itself on import: adding one is
+# adding its file (InTRO first, so its table leads the run config).
+_MODULES = sorted((m.name for m in pkgutil.iter_modules(__path__) if m.name not in ("base", "common")),
+                  key=lambda name: (name != "intro", name))
+for _name in _MODULES:
+    importlib.import_module(f"{__name__}.{_name}")
+
+from intro_lite.objectives.intro import IntroConfig  # noqa: E402
+from intro_lite.objectives.grpo import DrGrpoConfig, GrpoConfig  # noqa: E402
+from intro_lite.objectives.raft import RaftPPConfig, ReinforceRejConfig  # noqa: E402
+from intro_lite.objectives.latro import LatroConfig  # noqa: E402
+from intro_lite.objectives.iapo import IapoConfig  # noqa: E402
+from intro_lite.objectives.repro import ReproConfig  # noqa: E402
 
 __all__ = [
     "BatchInfo", "Needs", "Objective", "ObjectiveInputs", "PassContext", "Row", "StepRollouts", "available",
-    "config_kwargs", "get_objective", "make_rows", "needs_of", "register", "rollout_rows", "settings",
+    "config_kwargs", "get_objective", "make_rows", "needs_of", "register", "registered", "rollout_rows", "settings",
     "IntroConfig", "GrpoConfig", "DrGrpoConfig", "RaftPPConfig", "ReinforceRejConfig", "LatroConfig", "IapoConfig",
     "ReproConfig",
 ]

@@ -206,5 +206,10 @@ def get_objective(name: str) -> Objective:
         raise ValueError(f"unknown objective {name!r}; known: {', '.join(available())}") from None
 
 
+def registered() -> list[Objective]:
+    """Every registered objective, in registration (import) order."""
+    return list(_REGISTRY.values())
+
+
 def available() -> list[str]:
     return sorted(_REGISTRY)
