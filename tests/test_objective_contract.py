@@ -104,3 +104,11 @@ def test_gradient_reaches_only_the_policy_logits(name):
     assert inputs.policy_logits.grad is not None and inputs.policy_logits.grad.abs().sum() > 0
     for field, leaf in side.items():
         assert leaf.grad is None, field
+
+
+@pytest.mark.parametrize("name", [n for n in available() if get_objective(n).config is not None
+                                  and "beta" in {f.name for f in dataclasses.fields(get_objective(n).config)}])
+def test_a_nonzero_beta_and_only_that_asks_for_the_reference_pass(name):
+    objective = get_objective(name)
+    assert needs_of(objective, beta=0.0).reference is False
+    assert needs_of(objective, beta=0.1).reference is True

@@ -153,9 +153,14 @@ class Objective(Protocol):
 
 
 def needs_of(objective: Objective, **config) -> Needs:
-    """The passes ``objective`` needs under ``config`` (e.g. GRPO needs the reference only if beta > 0)."""
+    """The passes ``objective`` needs under ``config``: its ``needs`` (or ``needs_for(**config)``), and the
+    reference pass (adapter disabled) exactly when its table has a ``beta`` (the k3 KL weight) that is not 0."""
     needs_for = getattr(objective, "needs_for", None)
-    return needs_for(**config) if needs_for is not None else objective.needs
+    needs = needs_for(**config) if needs_for is not None else objective.needs
+    c = settings(objective, config)
+    if c is not None and hasattr(c, "beta"):
+        needs = dataclasses.replace(needs, reference=c.beta != 0.0)
+    return needs
 
 
 def make_rows(objective: Objective, step: StepRollouts, **config) -> list[Row]:

@@ -95,9 +95,6 @@ class GRPO:
     stat_keys = GRPO_STAT_KEYS
     config = GrpoConfig
 
-    def needs_for(self, **config) -> Needs:
-        return Needs(reference=settings(self, config).beta != 0.0, batch_totals=True)
-
     def compute(self, inputs: ObjectiveInputs, *, generator=None, **config) -> tuple[Tensor, dict[str, float]]:
         c = settings(self, config)
         rewards, group_ids = group_inputs(inputs, self.name)

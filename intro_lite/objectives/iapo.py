@@ -151,8 +151,7 @@ class IAPO:
     config = IapoConfig
 
     def needs_for(self, **config) -> Needs:
-        c = settings(self, config)
-        return Needs(reference=c.beta != 0.0, batch_totals=True, answer_entropy_probe=c.mode == "last_token")
+        return Needs(batch_totals=True, answer_entropy_probe=settings(self, config).mode == "last_token")
 
     def extra_passes(self, inputs: ObjectiveInputs, chunk: list[Row], ctx: PassContext, **config) -> None:
         c = settings(self, config)

@@ -98,10 +98,6 @@ class LaTRO:
     stat_keys = LATRO_STAT_KEYS
     config = LatroConfig
 
-    def needs_for(self, **config) -> Needs:
-        return Needs(reference=settings(self, config).beta != 0.0, answer_suffix=True, whole_groups=True,
-                     batch_totals=True)
-
     def make_rows(self, step: StepRollouts, **config) -> list[Row]:
         """Every rollout without its EOS, cut before its answer marker (keeping the rollout's own ids),
         ⊕ the gold answer y. The text the cut token held before the marker (" " of " The") starts y,

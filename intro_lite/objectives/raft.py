@@ -73,9 +73,6 @@ class RAFTpp:
     stat_keys = RAFT_STAT_KEYS
     config = RaftPPConfig
 
-    def needs_for(self, **config) -> Needs:
-        return Needs(reference=settings(self, config).beta != 0.0, kept_only=True, batch_totals=True)
-
     def compute(self, inputs: ObjectiveInputs, *, generator=None, **config) -> tuple[Tensor, dict[str, float]]:
         c = settings(self, config)
         rewards = require(inputs.rewards, "rewards", self.name)
@@ -141,9 +138,6 @@ class ReinforceRej:
     needs = Needs(batch_totals=True)
     stat_keys = REJ_STAT_KEYS
     config = ReinforceRejConfig
-
-    def needs_for(self, **config) -> Needs:
-        return Needs(reference=settings(self, config).beta != 0.0, batch_totals=True)
 
     def compute(self, inputs: ObjectiveInputs, *, generator=None, **config) -> tuple[Tensor, dict[str, float]]:
         c = settings(self, config)

@@ -206,10 +206,6 @@ class RePro:
     stat_keys = REPRO_STAT_KEYS
     config = ReproConfig
 
-    def needs_for(self, **config) -> Needs:
-        return Needs(reference=settings(self, config).beta != 0.0, whole_groups=True, prefix_scores=True,
-                     batch_totals=True)
-
     def extra_passes(self, inputs: ObjectiveInputs, chunk: list[Row], ctx: PassContext, **config) -> None:
         positions, scores = prefix_scores(chunk, ctx, settings(self, config), inputs.policy_logits, inputs.mask)
         inputs.prefix_positions, inputs.prefix_scores = positions.to(inputs.tokens.device), scores.to(inputs.tokens.device)
