@@ -139,7 +139,8 @@ def prepare_run_dir(cfg: Config, *, resume: bool = False) -> None:
     if (run_dir / "metrics.jsonl").exists():
         raise ConfigError(f"{run_dir}: a run already exists here; use --resume, another `name`, or remove it")
     try:
-        if run_dir.exists() and not os.access(run_dir, os.W_OK | os.X_OK):
+        nearest = next(p for p in (run_dir, *run_dir.parents) if p.exists())  # what mkdir would write into
+        if nearest.is_dir() and not os.access(nearest, os.W_OK | os.X_OK):
             raise PermissionError(13, "Permission denied")
         run_dir.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:
@@ -211,7 +212,7 @@ def check_context_length(cfg: Config, model_path: str) -> int:
 def check_golds(cfg: Config, grader: Grader, problems: list[Problem], sample: int = 64) -> str:
     """Grade a sample of the gold answers against themselves: a gold the grader cannot parse never
     counts a rollout correct. All bad: a one-line error; some: a warning line (returned)."""
-    picked = random.Random(cfg.seed).sample(problems, min(sample, len(problems)))
+    picked = [problems[i] for i in sorted(random.Random(cfg.seed).sample(range(len(problems)), min(sample, len(problems))))]
     grades = grader.grade([(p.answer, "\\boxed{" + p.answer + "}") for p in picked])
     bad = [p for p, g in zip(picked, grades) if g.status == "bad_gold"]
     where = f"data.source {cfg.data.source}"
