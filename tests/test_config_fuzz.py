@@ -109,7 +109,6 @@ def test_fuzzed_recipes_are_rejected_in_one_line_or_accepted(tmp_path):
     ("lora.alpha", float("inf")),
     ("lora.alpha", float("nan")),
     ("lora.rank", 0),
-    ("rollout.max_new_tokens", 4096),  # beyond the default max_model_len 2048
     ("grpo.epsilon", -0.2),
     ("grpo.std_eps", 0.0),
     ("iapo.epsilon_high", -1.0),
@@ -126,8 +125,66 @@ def test_values_that_cannot_work_are_refused(tmp_path, key, value):
         load_config(recipe)
 
 
+def test_new_tokens_beyond_a_set_context_are_refused(tmp_path):
+    # With the default rollout.max_model_len = 0 (the model's own) train checks this once it has read
+    # the model's config (tests/test_reliability.py); a length set in the recipe is checked here.
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(render({"rollout.max_new_tokens": 4096, "rollout.max_model_len": 2048}))
+    with pytest.raises(ConfigError, match=r"'rollout\.max_new_tokens' \+ data\.max_prompt_tokens \(256\) must fit"):
+        load_config(recipe)
+
+
 def test_every_numeric_key_declares_a_range():
     from intro_lite.bounds import unbounded_numeric_keys
     from intro_lite.config import Config
 
     assert unbounded_numeric_keys(Config) == []
+
+
+# What makes a recipe the tiny test preset's one step; accepted recipes that set none of these keys run.
+TINY_STEP = {"model.name_or_path": "tiny-test", "data.source": "tiny-test", "train.steps": 1, "train.prompts_per_step": 2,
+             "rollout.group_size": 2, "rollout.max_new_tokens": 16, "rollout.max_model_len": 256,
+             "data.max_prompt_tokens": 64, "eval.source": "", "train.checkpoint_every": 0}
+
+
+def accepted_recipes(tmp_path, n: int, seed: int = 99) -> list[dict]:
+    rng, keys, found = random.Random(seed), _keys(), []
+    while len(found) < n:
+        assignments = random_recipe(rng, keys)
+        if set(assignments) & set(TINY_STEP):
+            continue
+        recipe = tmp_path / "candidate.toml"
+        recipe.write_text(render({**assignments, **TINY_STEP}))
+        try:
+            load_config(recipe)
+        except ConfigError:
+            continue
+        found.append(assignments)
+    return found
+
+
+@pytest.mark.slow
+def test_accepted_fuzzed_recipes_train_one_step(tiny_assets, tmp_path):
+    import json
+
+    from intro_lite.grading import Grader
+    from intro_lite.rollout.engine import RolloutEngine
+    from intro_lite.train import engine_settings, train
+
+    engines, grader = {}, Grader()
+    try:
+        for i, assignments in enumerate(accepted_recipes(tmp_path, 3)):
+            recipe = tmp_path / f"accepted-{i}.toml"
+            recipe.write_text(render({**assignments, **TINY_STEP}))
+            cfg = load_config(recipe, [f"output_dir={toml_literal(str(tmp_path))}", f"name=run-{i}"])
+            settings = engine_settings(cfg, str(tiny_assets.model_dir))
+            key = json.dumps(settings, sort_keys=True)  # runs whose engine settings agree share one engine
+            engines[key] = engines.get(key) or RolloutEngine(**settings)
+            run = train(cfg, progress=False, engine=engines[key], grader=grader)
+            steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+            assert steps == [1], assignments
+            assert (run / "final" / "adapter_model.safetensors").exists(), assignments
+    finally:
+        grader.close()
+        for engine in engines.values():
+            engine.close()

@@ -117,3 +117,12 @@ def test_doctor_failures_exit_1_and_bad_recipe_exits_2(tiny_assets):
     assert got["smoke test"][0] == "warn" and got["torch"][0] == "ok"
     bad = CliRunner().invoke(app, ["doctor", "nope.toml"], env={"COLUMNS": "400"})
     assert bad.exit_code == 2 and bad.output.strip() == "error: nope.toml: file not found", bad.output
+
+
+def test_doctor_on_a_recipe_that_does_not_fit_its_model_exits_2(tiny_assets):
+    # The same one line `train` prints (it used to be a `fail` row and exit 1): a bad recipe, not a bad machine.
+    result = CliRunner().invoke(app, ["doctor", "recipes/tiny.toml", "--set", "model.name_or_path=tiny-test",
+                                      "--set", "rollout.max_model_len=1024", "--skip-smoke"], env={"COLUMNS": "400"})
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"error: rollout.max_model_len = 1024 exceeds {tiny_assets.model_dir}'s "
+                                     "max_position_embeddings (512)")

@@ -50,7 +50,7 @@ class DataConfig:
     exclude_ids_from: str = ""  # jsonl whose `id_field` values are dropped (e.g. MATH500)
     prompt_template: str = "{question}\n"  # x: no chat template, as in the paper
     hint_template: str = "{question}\nThe final answer is {answer}. Let me justify it step by step.\n"  # x ⊕ y
-    max_prompt_tokens: int = bounded(512, ge=1)
+    max_prompt_tokens: int = bounded(256, ge=1)  # longer prompts are dropped
 
 
 @dataclass
@@ -58,8 +58,8 @@ class RolloutConfig:
     group_size: int = bounded(4, ge=1)  # G rationales per prompt
     temperature: float = bounded(1.0, gt=0, le=2)  # vLLM's range
     top_p: float = bounded(1.0, gt=0, le=1)
-    max_new_tokens: int = bounded(1024, ge=1)
-    max_model_len: int = bounded(2048, ge=2)
+    max_new_tokens: int = bounded(256, ge=1)
+    max_model_len: int = bounded(0, ge=0)  # vLLM's context; 0 = the model's own (max_position_embeddings)
     gpu_memory_utilization: float = bounded(0.3, gt=0, le=1)
     quantization: Literal["none", "bitsandbytes"] = "none"  # vLLM's base weights (GPU only)
     enforce_eager: bool = True

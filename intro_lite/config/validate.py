@@ -29,14 +29,12 @@ def validate(cfg: Config) -> None:
     _require(cfg.objective in available(), "objective", f"must be one of {available()}, got {cfg.objective!r}")
     check_bounds(cfg)  # every numeric key's declared range, and finiteness
     r, lo = cfg.rollout, cfg.lora
-    _require(cfg.data.max_prompt_tokens + r.max_new_tokens <= r.max_model_len, "rollout.max_new_tokens",
-             f"+ data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) must fit in rollout.max_model_len "
-             f"({r.max_model_len}), got {r.max_new_tokens}")
-    _require(
-        r.max_model_len > cfg.data.max_prompt_tokens,
-        "rollout.max_model_len",
-        f"must exceed data.max_prompt_tokens ({cfg.data.max_prompt_tokens}), got {r.max_model_len}",
-    )
+    # max_model_len = 0 is the model's own context: train checks the fit when it has read the model's config
+    _require(r.max_model_len == 0 or r.max_model_len > cfg.data.max_prompt_tokens, "rollout.max_model_len",
+             f"must exceed data.max_prompt_tokens ({cfg.data.max_prompt_tokens}), got {r.max_model_len}")
+    _require(r.max_model_len == 0 or cfg.data.max_prompt_tokens + r.max_new_tokens <= r.max_model_len,
+             "rollout.max_new_tokens", f"+ data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) must fit in "
+             f"rollout.max_model_len ({r.max_model_len}), got {r.max_new_tokens}")
     if r.quantization != "none":
         import torch
 

@@ -34,7 +34,7 @@ def run_doctor(recipe: Path | None, overrides: list[str] = (), *, smoke: bool = 
         model_rows.append(("model", "ok", shown))
     model_config = attempt(model_rows, "model config", lambda: read_model_config(model_path)) if model_path else None
     if model_config:
-        model_rows.append(("context length", *context_check(cfg, model_config)))
+        model_rows.append(("context length", *context_check(cfg, model_path)))
     terms = attempt(model_rows, "memory estimate", lambda: estimate_memory(cfg, model_config, gpu_total_bytes())) if model_config else None
     rows = environment_checks(cfg, terms) + model_rows
     if smoke and model_path:
@@ -59,14 +59,13 @@ def read_model_config(model_path: str) -> dict:
     return base_model_config(model_path)
 
 
-def context_check(cfg: Config, model_config: dict) -> tuple[str, str]:
-    """vLLM refuses a max_model_len beyond the model's positions; rollouts longer than it are cut."""
-    limit = model_config.get("max_position_embeddings")
-    m, p, n = cfg.rollout.max_model_len, cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens
-    if limit and m > limit:
-        return "fail", f"rollout.max_model_len = {m} exceeds the model's max_position_embeddings ({limit})"
-    if p + n > m:
-        return "warn", f"data.max_prompt_tokens + rollout.max_new_tokens = {p + n} > rollout.max_model_len = {m}"
+def context_check(cfg: Config, model_path: str) -> tuple[str, str]:
+    """The recipe's context against the model, as `train` checks it: a misfit is a bad recipe (ConfigError,
+    exit 2, the same line `train` prints), not a failed check of the machine."""
+    from intro_lite.train.loop import check_context_length
+
+    m, p, n = check_context_length(cfg, model_path), cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens
+    limit = read_model_config(model_path).get("max_position_embeddings")
     return "ok", f"prompt {p} + rationale {n} tokens fit rollout.max_model_len {m} (model: {limit or '?'})"
 
 

@@ -47,7 +47,8 @@ def estimate_memory(cfg: Config, model_config: dict, gpu_total_bytes: int | None
         trainer_w, how = params * wb, f"{count(params)} params x {wb} bytes (not quantised)"
     terms.append(("trainer base weights", trainer_w, how))
 
-    G, P, seq_len = cfg.rollout.group_size, cfg.train.prompts_per_step, cfg.rollout.max_model_len
+    G, P = cfg.rollout.group_size, cfg.train.prompts_per_step
+    seq_len = cfg.rollout.max_model_len or model_config.get("max_position_embeddings", 0)  # 0: the model's own
     kv_need = G * P * seq_len * 2 * L * kv * wb
     need = f"all G*P = {G * P} sequences x {seq_len} tokens x {2 * L * kv * wb} bytes/token need {kv_need / GiB:.1f} GiB"
     if gpu_total_bytes:

@@ -12,7 +12,7 @@ from intro_lite.errors import TrainingAborted
 from intro_lite.objectives import Row
 from intro_lite.train.checkpoint import (clear_run_logs, latest_checkpoint, previous_rollout_tokens, restore_checkpoint,
                                          save_checkpoint)
-from intro_lite.train.loop import (Rollouts, check_context_length, engine_settings, first_difference, lr_lambda,
+from intro_lite.train.loop import (Rollouts, check_context_length, check_golds, context_length, engine_settings, first_difference, lr_lambda,
                                    make_engine, make_optimizer, prepare_run_dir, previous_eval, push_adapter,
                                    resolve_model_path, roll_out, rollout_seed, run_eval, seed_everything,
                                    tokenize_problems, train)
@@ -21,7 +21,8 @@ from intro_lite.train.passes import PassSetup, forward_passes
 from intro_lite.train.step import StepResult, micro_batches, nonfinite_guard, train_step
 
 __all__ = [
-    "PassSetup", "Rollouts", "Row", "StepResult", "Timer", "TrainingAborted", "check_context_length", "clear_run_logs",
+    "PassSetup", "Rollouts", "Row", "StepResult", "Timer", "TrainingAborted", "check_context_length", "check_golds",
+    "clear_run_logs", "context_length",
     "engine_settings", "first_difference", "forward_passes", "latest_checkpoint", "lr_lambda", "make_engine",
     "make_optimizer", "make_progress", "micro_batches", "nonfinite_guard", "prepare_run_dir", "previous_eval",
     "previous_rollout_tokens", "push_adapter", "resolve_model_path", "restore_checkpoint", "roll_out", "rollout_seed",

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from intro_lite.config import Config
-from intro_lite.io import fsync_file, write_atomic
+from intro_lite.io import fsync_file, read_jsonl_log, verify_manifest, write_atomic, write_manifest
 from intro_lite.policy import save_adapter
 from intro_lite.train import faults
 
@@ -36,9 +36,10 @@ def save_checkpoint(cfg: Config, model, optimizer, scheduler, sampler, step: int
         "rng": {"python": _python_rng_state(), "numpy": _numpy_rng_state(), "torch": torch.get_rng_state()},
     }
     torch.save(state, tmp / "trainer_state.pt")
-    fsync_file(tmp / "trainer_state.pt")
-    faults.kill_in_checkpoint(step)
-    write_atomic(tmp / "COMPLETE", f"{step}\n")
+    fsync_file(tmp / "trainer_state.pt")  # (save_adapter fsyncs the adapter's files)
+    faults.kill_at("checkpoint", step)
+    # Sizes and SHA-256 of every file, written last: a resume trusts the checkpoint only if they still agree.
+    write_manifest(tmp, "COMPLETE", {"step": step})
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -48,13 +49,19 @@ def save_checkpoint(cfg: Config, model, optimizer, scheduler, sampler, step: int
 
 
 def _complete(root: Path) -> list[Path]:
-    return sorted((p for p in root.glob("step-*") if (p / "COMPLETE").exists()), key=lambda p: int(p.name[5:]))
+    return sorted((p for p in root.glob("step-*") if (p / "COMPLETE").exists() and p.name[5:].isdigit()),
+                  key=lambda p: int(p.name[5:]))
 
 
-def latest_checkpoint(cfg: Config) -> Path | None:
-    """The newest complete checkpoint (its COMPLETE marker written last); partial ones are ignored."""
-    done = _complete(cfg.run_dir / "checkpoints")
-    return done[-1] if done else None
+def latest_checkpoint(cfg: Config, warn=lambda msg: None) -> Path | None:
+    """The newest checkpoint whose files match its COMPLETE manifest; each newer one that does not
+    (a truncated or missing file, a marker from an older version) is skipped with one `warn` line."""
+    for ckpt in reversed(_complete(cfg.run_dir / "checkpoints")):
+        problem = verify_manifest(ckpt, "COMPLETE")
+        if not problem:
+            return ckpt
+        warn(f"skipped checkpoint {ckpt}: {problem}; falling back to an older one")
+    return None
 
 
 def clear_run_logs(run_dir: Path) -> None:
@@ -63,7 +70,7 @@ def clear_run_logs(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def restore_checkpoint(ckpt: Path, model, optimizer, scheduler, sampler) -> tuple[int, int]:
+def restore_checkpoint(ckpt: Path, model, optimizer, scheduler, sampler, warn=lambda msg: None) -> tuple[int, int]:
     """Adapter weights, optimizer, scheduler, data cursor and RNGs; metrics after the checkpoint are dropped."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -78,16 +85,20 @@ def restore_checkpoint(ckpt: Path, model, optimizer, scheduler, sampler) -> tupl
     random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
     np.random.set_state(("MT19937", np.array(rng["numpy"][0], dtype=np.uint32), *rng["numpy"][1:]))
     torch.set_rng_state(rng["torch"])
-    metrics = ckpt.parent.parent / "metrics.jsonl"
-    if metrics.exists():
-        kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= state["step"]]
-        write_atomic(metrics, "".join(line + "\n" for line in kept))
-    evals = ckpt.parent.parent / "eval.jsonl"  # periodic scores after the checkpoint are re-run
-    if evals.exists():
-        kept = [line for line in evals.read_text().splitlines()
-                if json.loads(line)["step"] <= state["step"] and json.loads(line)["when"] != "after"]
-        write_atomic(evals, "".join(line + "\n" for line in kept))
+    run_dir = ckpt.parent.parent
+    # Log lines after the checkpoint are re-run, and so are periodic scores; a torn last line is dropped.
+    truncate_log(run_dir / "metrics.jsonl", lambda r: r["step"] <= state["step"], warn)
+    truncate_log(run_dir / "eval.jsonl", lambda r: r["step"] <= state["step"] and r["when"] != "after", warn)
     return state["step"], state["adapter_version"]
+
+
+def truncate_log(path: Path, keep, warn) -> None:
+    if not path.exists():
+        return
+    records, note = read_jsonl_log(path)
+    if note:
+        warn(note)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in records if keep(r)))
 
 
 def previous_rollout_tokens(cfg: Config, start: int) -> int:
@@ -95,8 +106,8 @@ def previous_rollout_tokens(cfg: Config, start: int) -> int:
     path = cfg.run_dir / "metrics.jsonl"
     if start == 0 or not path.exists():
         return 0
-    lines = path.read_text().splitlines()
-    return json.loads(lines[-1]).get("rollout_tokens_total", 0) if lines else 0
+    records, _ = read_jsonl_log(path)
+    return records[-1].get("rollout_tokens_total", 0) if records else 0
 
 
 def _python_rng_state() -> list:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -12,16 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.markup import escape
 
 from intro_lite.data.benchmarks import load_benchmark
 from intro_lite.config import Config, load_config, to_toml
-from intro_lite.data.problems import Problem, PromptSampler, load_problems, render_prompt
+from intro_lite.data.problems import LoadReport, Problem, PromptSampler, load_problems, render_prompt
 from intro_lite.rollout.engine import RolloutEngine
 from intro_lite.tiny.assets import resolve_model_path
 from intro_lite.errors import ConfigError
 from intro_lite.eval.score import score
 from intro_lite.grading import Grader
-from intro_lite.io import append_jsonl, write_atomic
+from intro_lite.io import append_jsonl, read_jsonl_log, write_atomic
 from intro_lite.objectives import StepRollouts, get_objective, make_rows, needs_of
 from intro_lite.policy import load_policy, resolve_device, resolve_dtype, save_adapter, trainable_parameters
 from intro_lite.train import faults
@@ -40,20 +42,26 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
     the same base; they are left open. Otherwise both are made here and closed at the end."""
     run_dir, model_path = cfg.run_dir, resolve_model_path(cfg.model.name_or_path)
     check_context_length(cfg, model_path)
-    prepare_run_dir(cfg, resume=resume)
-    ckpt = latest_checkpoint(cfg) if resume else None
-    if resume and ckpt is None:
-        clear_run_logs(run_dir)  # it died before its first checkpoint: start again from step 0
-    seed_everything(cfg.seed)
     objective, okw = get_objective(cfg.objective), cfg.objective_kwargs()
     needs = needs_of(objective, **okw)
+    own_engine, own_grader = engine is None, grader is None
+    grader, report = grader or Grader(), LoadReport()
+    data = load_problems(cfg.data, report=report)  # bad data fails here, before anything is written
+    gold_note = "" if needs.gold_solution else check_golds(cfg, grader, data)  # SFT grades nothing
+    prepare_run_dir(cfg, resume=resume)
+    warn = Notes(run_dir)
+    for note in (report.summary(), gold_note):
+        warn(note)
+    ckpt = latest_checkpoint(cfg, warn) if resume else None
+    if resume and ckpt is None:
+        clear_run_logs(run_dir)  # it died before its first (verifiable) checkpoint: start again from step 0
+    seed_everything(cfg.seed)
     model, tokenizer = load_policy(cfg, model_path)
-    problems, x_ids, xy_ids = tokenize_problems(cfg, tokenizer, load_problems(cfg.data))
+    problems, x_ids, xy_ids = tokenize_problems(cfg, tokenizer, data)
     optimizer, scheduler = make_optimizer(cfg, model)
     sampler = PromptSampler(len(problems), cfg.seed)
-    own_engine, own_grader = engine is None, grader is None
-    engine, grader = engine or make_engine(cfg, model_path), grader or Grader()
-    start, version = restore_checkpoint(ckpt, model, optimizer, scheduler, sampler) if ckpt else (0, 0)
+    engine = engine or make_engine(cfg, model_path)
+    start, version = restore_checkpoint(ckpt, model, optimizer, scheduler, sampler, warn) if ckpt else (0, 0)
     version = push_adapter(model, engine, run_dir, version=version)
     before = run_eval(cfg, engine, grader, tokenizer, "before", 0) if start == 0 else previous_eval(cfg, "before")
     rollout_tokens = previous_rollout_tokens(cfg, start)  # the token budget counts across a resume
@@ -83,6 +91,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
             rollout_tokens += sum(len(s.token_ids) for s in rolled.samples) if rolled else 0
             record = step_record(step, scheduler.get_last_lr()[0], rolled, result, rows, timer, version=version,
                                  rollout_tokens=rollout_tokens)
+            faults.tear_append("metrics", step, run_dir / "metrics.jsonl", record)
             append_jsonl(run_dir / "metrics.jsonl", record)
             last = step
             out_of_budget = 0 < cfg.train.max_rollout_tokens <= rollout_tokens
@@ -91,7 +100,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
                 run_eval(cfg, engine, grader, tokenizer, f"step-{step}", step)
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and not final_step:
                 save_checkpoint(cfg, model, optimizer, scheduler, sampler, step, version)
-            faults.kill_after_step(step)
+            faults.kill_at("after_step", step)
             bar.update(task, advance=1, info=progress_info(record))
             if out_of_budget:
                 break
@@ -112,6 +121,11 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
 # Helpers, in the order the loop uses them
 
 
+# Files a run writes into its directory; a fresh start under the same name removes the leftovers of
+# one that died before logging a step (e.g. its "before" eval), so they never mix with the new run's.
+RUN_FILES = ("eval.jsonl", "eval_summary.json", "warnings.log", "checkpoints", "adapters", "final")
+
+
 def prepare_run_dir(cfg: Config, *, resume: bool = False) -> None:
     run_dir = cfg.run_dir
     if resume:
@@ -124,8 +138,32 @@ def prepare_run_dir(cfg: Config, *, resume: bool = False) -> None:
         return
     if (run_dir / "metrics.jsonl").exists():
         raise ConfigError(f"{run_dir}: a run already exists here; use --resume, another `name`, or remove it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.toml", to_toml(cfg))
+    try:
+        nearest = next(p for p in (run_dir, *run_dir.parents) if p.exists())  # what mkdir would write into
+        if nearest.is_dir() and not os.access(nearest, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        write_atomic(run_dir / "config.toml", to_toml(cfg))
+    except OSError as e:
+        raise ConfigError(f"{run_dir}: cannot write the run directory ({e.strerror or type(e).__name__})") from None
+
+
+class Notes:
+    """Warnings of a run: one line each on the console and appended to <run>/warnings.log."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "warnings.log"
+
+    def __call__(self, msg: str) -> None:
+        if msg:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[yellow]warning:[/yellow] {escape(msg)}", soft_wrap=True, highlight=False)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(msg + "\n")
 
 
 def first_difference(a: dict, b: dict, prefix: str = "") -> str:
@@ -144,20 +182,50 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_context_length(cfg: Config, model_path: str) -> None:
-    """vLLM refuses a max_model_len beyond the model's positions; say so in one line before anything is written."""
+def context_length(cfg: Config, model_path: str) -> int:
+    """rollout.max_model_len, or the model's own context (max_position_embeddings) when it is 0."""
     from intro_lite.policy import base_model_config
 
     limit = base_model_config(model_path).get("max_position_embeddings")
-    if limit and cfg.rollout.max_model_len > limit:
-        raise ConfigError(f"rollout.max_model_len = {cfg.rollout.max_model_len} exceeds {model_path}'s "
-                          f"max_position_embeddings ({limit})")
+    if cfg.rollout.max_model_len == 0 and not limit:
+        raise ConfigError(f"rollout.max_model_len = 0 (the model's own) but {model_path}'s config has no "
+                          "max_position_embeddings; set rollout.max_model_len")
+    return cfg.rollout.max_model_len or limit
+
+
+def check_context_length(cfg: Config, model_path: str) -> int:
+    """vLLM refuses a max_model_len beyond the model's positions, and a prompt plus its rationale must
+    fit in it; say so in one line before anything is written. Returns the length the engine gets."""
+    from intro_lite.policy import base_model_config
+
+    limit, m = base_model_config(model_path).get("max_position_embeddings"), context_length(cfg, model_path)
+    if limit and m > limit:
+        raise ConfigError(f"rollout.max_model_len = {m} exceeds {model_path}'s max_position_embeddings ({limit})")
+    p, n = cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens
+    if p + n > m:
+        source = "rollout.max_model_len" if cfg.rollout.max_model_len else f"{model_path}'s own, rollout.max_model_len = 0"
+        raise ConfigError(f"data.max_prompt_tokens ({p}) + rollout.max_new_tokens ({n}) = {p + n} exceeds the context "
+                          f"length {m} ({source})")
+    return m
+
+
+def check_golds(cfg: Config, grader: Grader, problems: list[Problem], sample: int = 64) -> str:
+    """Grade a sample of the gold answers against themselves: a gold the grader cannot parse never
+    counts a rollout correct. All bad: a one-line error; some: a warning line (returned)."""
+    picked = [problems[i] for i in sorted(random.Random(cfg.seed).sample(range(len(problems)), min(sample, len(problems))))]
+    grades = grader.grade([(p.answer, "\\boxed{" + p.answer + "}") for p in picked])
+    bad = [p for p, g in zip(picked, grades) if g.status == "bad_gold"]
+    where = f"data.source {cfg.data.source}"
+    first = f"first: id {bad[0].id!r}, answer {bad[0].answer!r}" if bad else ""
+    if bad and len(bad) == len(picked):
+        raise ConfigError(f"{where}: the grader cannot parse any of {len(picked)} sampled gold answers ({first})")
+    return f"{where}: {len(bad)} of {len(picked)} sampled gold answers cannot be parsed by the grader ({first})" if bad else ""
 
 
 def engine_settings(cfg: Config, model_path: str) -> dict:
     """RolloutEngine's arguments for this run; runs with equal settings can share one engine."""
     device = resolve_device(cfg.model.device)
-    return dict(model_path=model_path, max_lora_rank=cfg.lora.rank, max_model_len=cfg.rollout.max_model_len,
+    return dict(model_path=model_path, max_lora_rank=cfg.lora.rank, max_model_len=context_length(cfg, model_path),
                 dtype=str(resolve_dtype(cfg.model.dtype, device)).removeprefix("torch."),
                 gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
                 quantization=None if cfg.rollout.quantization == "none" else cfg.rollout.quantization,
@@ -209,6 +277,7 @@ def lr_lambda(cfg: Config):
 def push_adapter(model, engine, run_dir: Path, version: int) -> int:
     """Save the adapter under a new version dir and hot-swap it into vLLM; drop the previous dir."""
     path = save_adapter(model, run_dir / "adapters" / f"v{version}")
+    faults.kill_at("adapter_push", version)
     engine.set_adapter(path)
     old = run_dir / "adapters" / f"v{version - 1}"
     if old.exists():
@@ -225,15 +294,13 @@ def run_eval(cfg: Config, engine, grader, tokenizer, label: str, step: int) -> d
     s = score(engine, grader, problems, ids, k=cfg.eval.samples, temperature=cfg.eval.temperature,
               top_p=cfg.eval.top_p, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.eval.seed)
     result = {"accuracy": s.accuracy, "mean_length": s.mean_length, "n_problems": s.n_problems, "k": s.k, "counts": s.counts}
+    faults.tear_append("eval", step, cfg.run_dir / "eval.jsonl", {"when": label, "step": step, **result})
     append_jsonl(cfg.run_dir / "eval.jsonl", {"when": label, "step": step, **result})
     return result
 
 
 def previous_eval(cfg: Config, label: str) -> dict | None:
-    path = cfg.run_dir / "eval.jsonl"
-    if not path.exists():
-        return None
-    found = [json.loads(line) for line in path.read_text().splitlines() if json.loads(line)["when"] == label]
+    found = [r for r in read_jsonl_log(cfg.run_dir / "eval.jsonl")[0] if r["when"] == label]
     return {k: v for k, v in found[-1].items() if k not in ("when", "step")} if found else None
 
 
