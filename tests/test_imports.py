@@ -128,3 +128,12 @@ def test_every_file_is_at_most_400_lines():
     long = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, f"files over {MAX_LINES} lines: {long}"
+
+
+def test_the_training_loop_fits_one_screen():
+    """train() reads top to bottom on one screen (<= 80 lines): helpers live beside it, not in it."""
+    import ast
+
+    source = (PACKAGE / "train" / "loop.py").read_text(encoding="utf-8")
+    train = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "train")
+    assert train.end_lineno - train.lineno + 1 <= 80

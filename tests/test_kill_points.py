@@ -4,7 +4,6 @@ Every resumed run must end with the uninterrupted run's final adapter, byte for 
 temporary files. Test preset with objective = sft (see tests/test_reliability.py for why)."""
 
 import random
-import shutil
 
 import pytest
 from test_reliability import TEST_PRESET, no_partial_files

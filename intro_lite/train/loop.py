@@ -41,20 +41,10 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
     `engine`/`grader` let a caller (a sweep, a benchmark) share one vLLM engine over many runs of
     the same base; they are left open. Otherwise both are made here and closed at the end."""
     run_dir, model_path = cfg.run_dir, resolve_model_path(cfg.model.name_or_path)
-    check_context_length(cfg, model_path)
-    objective, okw = get_objective(cfg.objective), cfg.objective_kwargs()
-    needs = needs_of(objective, **okw)
     own_engine, own_grader = engine is None, grader is None
-    grader, report = grader or Grader(), LoadReport()
-    data = load_problems(cfg.data, report=report)  # bad data fails here, before anything is written
-    gold_note = "" if needs.gold_solution else check_golds(cfg, grader, data)  # SFT grades nothing
-    prepare_run_dir(cfg, resume=resume)
-    warn = Notes(run_dir)
-    for note in (report.summary(), gold_note):
-        warn(note)
-    ckpt = latest_checkpoint(cfg, warn) if resume else None
-    if resume and ckpt is None:
-        clear_run_logs(run_dir)  # it died before its first (verifiable) checkpoint: start again from step 0
+    grader = grader or Grader()
+    # Inputs checked before anything is written; then the run dir, and on --resume the checkpoint to trust.
+    objective, okw, needs, data, warn, ckpt = open_run(cfg, model_path, grader, resume=resume)
     seed_everything(cfg.seed)
     model, tokenizer = load_policy(cfg, model_path)
     problems, x_ids, xy_ids = tokenize_problems(cfg, tokenizer, data)
@@ -91,8 +81,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
             rollout_tokens += sum(len(s.token_ids) for s in rolled.samples) if rolled else 0
             record = step_record(step, scheduler.get_last_lr()[0], rolled, result, rows, timer, version=version,
                                  rollout_tokens=rollout_tokens)
-            faults.tear_append("metrics", step, run_dir / "metrics.jsonl", record)
-            append_jsonl(run_dir / "metrics.jsonl", record)
+            append_metrics(run_dir, step, record)
             last = step
             out_of_budget = 0 < cfg.train.max_rollout_tokens <= rollout_tokens
             final_step = step == cfg.train.steps or out_of_budget
@@ -119,6 +108,30 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
 
 # ------------------------------------------------------------------------------------------------
 # Helpers, in the order the loop uses them
+
+
+def open_run(cfg: Config, model_path: str, grader: Grader, *, resume: bool):
+    """Check the inputs (context, data, gold answers), prepare the run dir, pick the checkpoint to resume.
+    Returns the objective, its kwargs and needs, the problems, the run's warning sink and the checkpoint."""
+    check_context_length(cfg, model_path)
+    objective, okw = get_objective(cfg.objective), cfg.objective_kwargs()
+    needs = needs_of(objective, **okw)
+    report = LoadReport()
+    data = load_problems(cfg.data, report=report)  # bad data fails here, before anything is written
+    gold_note = "" if needs.gold_solution else check_golds(cfg, grader, data)  # SFT grades nothing
+    prepare_run_dir(cfg, resume=resume)
+    warn = Notes(cfg.run_dir)
+    for note in (report.summary(), gold_note):
+        warn(note)
+    ckpt = latest_checkpoint(cfg, warn) if resume else None
+    if resume and ckpt is None:
+        clear_run_logs(cfg.run_dir)  # it died before its first (verifiable) checkpoint: start again from step 0
+    return objective, okw, needs, data, warn, ckpt
+
+
+def append_metrics(run_dir: Path, step: int, record: dict) -> None:
+    faults.tear_append("metrics", step, run_dir / "metrics.jsonl", record)  # fault injection: a torn line
+    append_jsonl(run_dir / "metrics.jsonl", record)
 
 
 # Files a run writes into its directory; a fresh start under the same name removes the leftovers of
