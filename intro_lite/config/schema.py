@@ -103,6 +103,8 @@ class Config:
     name: str = "run"
     seed: int = bounded(0, ge=0, lt=2**32)  # numpy seeds are 32-bit
     objective: str = "intro"
+    # math (math-verify) | exact | choice | "pkg.module:fn" | "path/to/file.py:fn" (intro_lite/rewards.py)
+    reward: str = "math"
     output_dir: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)

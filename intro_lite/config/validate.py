@@ -11,6 +11,7 @@ from intro_lite.bounds import check_bounds
 from intro_lite.config.schema import Config
 from intro_lite.config.sources import get_spec, is_tiny, looks_local
 from intro_lite.errors import ConfigError
+from intro_lite.rewards import check_reward
 from intro_lite.rollout.lora_rules import check_lora_compat
 
 
@@ -27,6 +28,7 @@ def validate(cfg: Config) -> None:
     from intro_lite.objectives import available
 
     _require(cfg.objective in available(), "objective", f"must be one of {available()}, got {cfg.objective!r}")
+    check_reward(cfg.reward)  # a missing file or function fails here, before any model loads
     check_bounds(cfg)  # every numeric key's declared range, and finiteness
     r, lo = cfg.rollout, cfg.lora
     _require(cfg.data.max_prompt_tokens + r.max_new_tokens <= r.max_model_len, "rollout.max_new_tokens",

@@ -64,7 +64,7 @@ class BatchInfo:
     """
 
     lengths: Tensor  # [N] number of loss tokens of each row (its ``mask`` sum; z tokens for LaTRO)
-    rewards: Tensor | None = None  # [N] graded reward of each row (1/0), float
+    rewards: Tensor | None = None  # [N] graded reward of each row (1/0 for math), float
     group_ids: Tensor | None = None  # [N] long, the prompt each row was sampled for
 
 
@@ -122,6 +122,7 @@ class StepRollouts:
     group_size: int
     rollouts: list | None = None  # [(problem index, sample with .token_ids)], G per prompt in order
     correct: list[bool] | None = None  # graded, one per rollout
+    rewards: list[float] | None = None  # the reward of each rollout (None: 1/0 from `correct`)
 
 
 @dataclass
@@ -136,10 +137,12 @@ class PassContext:
 
 
 def rollout_rows(step: StepRollouts, *, kept_only: bool) -> list[Row]:
-    """One row per rollout (its own token ids, EOS included), the correct ones only if ``kept_only``."""
+    """One row per rollout (its own token ids, EOS included), the correct ones only if ``kept_only``;
+    a row's reward is the graded reward (1/0 for math, the reward function's value otherwise)."""
     G = step.group_size
-    return [Row(i, j // G, step.x_ids[i], step.xy_ids[i], list(s.token_ids), len(s.token_ids), float(c))
-            for j, ((i, s), c) in enumerate(zip(step.rollouts, step.correct)) if c or not kept_only]
+    rewards = step.rewards if step.rewards is not None else [float(c) for c in step.correct]
+    return [Row(i, j // G, step.x_ids[i], step.xy_ids[i], list(s.token_ids), len(s.token_ids), float(r))
+            for j, ((i, s), c, r) in enumerate(zip(step.rollouts, step.correct, rewards)) if c or not kept_only]
 
 
 class Objective(Protocol):

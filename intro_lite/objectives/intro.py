@@ -13,6 +13,7 @@ from torch import Tensor
 
 from intro_lite.bounds import bounded
 from intro_lite.objectives.base import Needs, ObjectiveInputs, register, settings
+from intro_lite.rewards import CORRECT_ABOVE
 
 DEFAULT_CHUNK_SIZE = 128  # positions per chunk of intro_loss_from_hidden (intro.logits_chunk_size)
 STAT_KEYS = ("w_mean", "w_gt1_frac", "w_clipped_frac", "entropy", "w_own_mean", "n_tokens")
@@ -349,8 +350,8 @@ class InTRO:
             raise ValueError("intro needs posterior_logits (the answer-conditioned x ⊕ y ⊕ z pass)")
         mask = inputs.mask.bool()
         if inputs.rewards is not None:
-            # Only correct rationales are trained; a no-op when the loop already filtered them.
-            mask = mask & (inputs.rewards > 0).unsqueeze(1)
+            # Only correct rationales (reward > 0.5) are trained; a no-op when the loop already filtered them.
+            mask = mask & (inputs.rewards > CORRECT_ABOVE).unsqueeze(1)
         if hidden:
             return intro_loss_from_hidden(
                 inputs.policy_hidden,

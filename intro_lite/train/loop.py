@@ -24,6 +24,7 @@ from intro_lite.grading import Grader
 from intro_lite.io import append_jsonl, write_atomic
 from intro_lite.objectives import StepRollouts, get_objective, make_rows, needs_of
 from intro_lite.policy import load_policy, resolve_device, resolve_dtype, save_adapter, trainable_parameters
+from intro_lite.rewards import problem_dict
 from intro_lite.train import faults
 from intro_lite.train.checkpoint import (clear_run_logs, latest_checkpoint, previous_rollout_tokens, restore_checkpoint,
                                          save_checkpoint)
@@ -52,7 +53,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
     optimizer, scheduler = make_optimizer(cfg, model)
     sampler = PromptSampler(len(problems), cfg.seed)
     own_engine, own_grader = engine is None, grader is None
-    engine, grader = engine or make_engine(cfg, model_path), grader or Grader()
+    engine, grader = engine or make_engine(cfg, model_path), grader or Grader(reward=cfg.reward)
     start, version = restore_checkpoint(ckpt, model, optimizer, scheduler, sampler) if ckpt else (0, 0)
     version = push_adapter(model, engine, run_dir, version=version)
     before = run_eval(cfg, engine, grader, tokenizer, "before", 0) if start == 0 else previous_eval(cfg, "before")
@@ -69,7 +70,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
             rolled = None if needs.gold_solution else roll_out(cfg, engine, grader, problems, x_ids, idx, step, timer)
             # 4. the objective's rows: correct rollouts only, all, gold solutions, cut rationales ⊕ y
             rows = make_rows(objective, StepRollouts(idx, x_ids, xy_ids, tokenizer, problems, G, rolled and rolled.pairs,
-                                                     rolled and rolled.correct), **okw)
+                                                     rolled and rolled.correct, rolled and rolled.rewards), **okw)
             # 5-6. forward passes, loss, backward over micro-batches; one optimizer step on the LoRA weights
             result = train_step(setup, optimizer, rows, micro_batch_size=cfg.train.micro_batch_size,
                                 max_grad_norm=cfg.train.max_grad_norm, generator_seed=cfg.seed * 7_919 + step * 1_000,
@@ -253,6 +254,10 @@ class Rollouts:
     def correct(self) -> list[bool]:
         return [g.correct for g in self.grades]
 
+    @property
+    def rewards(self) -> list[float]:
+        return [g.value for g in self.grades]
+
 
 def roll_out(cfg: Config, engine, grader, problems, x_ids: list[list[int]], idx: list[int], step: int, timer) -> Rollouts:
     """G rationales for each prompt `idx` with the current adapter, graded against the gold answers."""
@@ -263,7 +268,7 @@ def roll_out(cfg: Config, engine, grader, problems, x_ids: list[list[int]], idx:
                                  seed=rollout_seed(cfg.seed, step, len(prompts) * G), logprobs=False)
     pairs = [(i, s) for i, g in zip(idx, groups) for s in g]
     with timer("grading"):
-        grades = grader.grade([(problems[i].answer, s.text) for i, s in pairs])
+        grades = grader.grade([(problem_dict(problems[i]), s.text) for i, s in pairs])
     return Rollouts(pairs, grades, G)
 
 

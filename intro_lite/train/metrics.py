@@ -47,12 +47,15 @@ def step_record(step: int, lr: float, rollouts, result, rows, timer: Timer, *, v
             "max_length": max(lengths),
             "truncated_fraction": sum(s.finish_reason == "length" for s in samples) / len(samples),
             "grader_timeouts": sum(g.status == "timeout" for g in grades),
+            "reward_errors": sum(g.status == "error" for g in grades),  # a reward function raised (or math-verify crashed)
+            "rollout_reward_mean": sum(g.value for g in grades) / len(grades),
         }
     else:
         lengths = []
         rollout_keys = {"rollout_accuracy": None, "kept_fraction": len(rows) / max(len(set(r.prompt for r in rows)), 1),
                         "prompts_no_correct": None, "mean_length": None, "max_length": None,
-                        "truncated_fraction": None, "grader_timeouts": None}
+                        "truncated_fraction": None, "grader_timeouts": None,
+                        "reward_errors": None, "rollout_reward_mean": None}
     return {
         "step": step,
         "lr": lr,
