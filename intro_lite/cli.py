@@ -100,6 +100,13 @@ def _print_summary(run_dir: Path) -> None:
         se = (_binomial_se(s["before"]) ** 2 + _binomial_se(s["after"]) ** 2) ** 0.5
         table.add_row("held-out change", f"{diff:+.3f} ± {se:.3f}", "")
     Console().print(table)
+    alarms: dict[str, int] = {}
+    for s in steps:
+        for name in s.get("alarms") or []:
+            alarms[name] = alarms.get(name, 0) + 1
+    if alarms:
+        Console().print("[yellow]alarms:[/yellow] " + ", ".join(f"{k} on {v} step(s)" for k, v in alarms.items())
+                        + "  (fixes: docs/ecosystem.md#alarms)", highlight=False)
     Console().print(f"adapter: {run_dir / 'final'}  (± is one standard error)")
 
 
@@ -286,6 +293,45 @@ def probe(
         return
     render(res, Console(width=max(Console().width, 120)))
     Console().print(f"results: {out / 'results.json'}  plot: {out / 'probe.png'}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def plot(
+    runs: list[Path] = typer.Argument(..., help="Run directories (metrics.jsonl, eval.jsonl); one line per run."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for the PNGs (default: RUN_DIR/plots, one run)."),
+) -> None:
+    """PNGs of rollout and held-out accuracy, length, loss, grad norm, InTRO's w and time per phase."""
+    from intro_lite.plots import plot_runs
+
+    if out is None and len(runs) > 1:
+        _fail("several runs: name the directory for their plots with --out")
+    try:
+        written = plot_runs(runs, out or runs[0] / "plots")
+    except ConfigError as e:
+        _fail(str(e))
+        return
+    for path in written:
+        Console().print(str(path), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def show(
+    run: Path = typer.Argument(..., help="Run directory with samples.jsonl ([log] samples_every)."),
+    step: Optional[int] = typer.Option(None, "--step", help="Training step (default: the last sampled step)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default RUN_DIR/samples-step-N.html)."),
+) -> None:
+    """A self-contained HTML page of one step's samples, each rationale token coloured by InTRO's w."""
+    from intro_lite.io import write_atomic
+    from intro_lite.show import render
+
+    try:
+        page, step = render(run, step)
+    except ConfigError as e:
+        _fail(str(e))
+        return
+    out = out or run / f"samples-step-{step}.html"
+    write_atomic(out, page)
+    Console().print(f"page: {out}", highlight=False, soft_wrap=True)
 
 
 def _warn(msg: str) -> None:

@@ -5,6 +5,7 @@ plain tables (`rollout/lora_rules.py`, `config/sources.py`).
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from intro_lite.bounds import check_bounds
@@ -29,6 +30,9 @@ def validate(cfg: Config) -> None:
 
     _require(cfg.objective in available(), "objective", f"must be one of {available()}, got {cfg.objective!r}")
     check_reward(cfg.reward)  # a missing file or function fails here, before any model loads
+    for tracker in ("wandb", "trackio"):  # optional: an error only when asked for and missing
+        _require(not getattr(cfg.log, tracker) or importlib.util.find_spec(tracker) is not None, f"log.{tracker}",
+                 f"= true but {tracker} is not installed (pip install {tracker})")
     check_bounds(cfg)  # every numeric key's declared range, and finiteness
     r, lo = cfg.rollout, cfg.lora
     _require(cfg.data.max_prompt_tokens + r.max_new_tokens <= r.max_model_len, "rollout.max_new_tokens",

@@ -19,7 +19,7 @@ the registry; ``common`` the shared tensor helpers. Loop protocol (docs/objectiv
 
 from intro_lite.objectives.base import (BatchInfo, Needs, Objective, ObjectiveInputs, PassContext, Row, StepRollouts,
                                         available, config_kwargs, get_objective, make_rows, needs_of, register,
-                                        rollout_rows, settings)
+                                        rollout_rows, settings, token_capture)
 
 # Each module registers its objective on import.
 from intro_lite.objectives import intro, sft, grpo, raft, gpg, latro, iapo, repro  # noqa: E402,F401
@@ -33,6 +33,7 @@ from intro_lite.objectives.repro import ReproConfig
 __all__ = [
     "BatchInfo", "Needs", "Objective", "ObjectiveInputs", "PassContext", "Row", "StepRollouts", "available",
     "config_kwargs", "get_objective", "make_rows", "needs_of", "register", "rollout_rows", "settings",
+    "token_capture",
     "IntroConfig", "GrpoConfig", "DrGrpoConfig", "RaftPPConfig", "ReinforceRejConfig", "LatroConfig", "IapoConfig",
     "ReproConfig",
 ]

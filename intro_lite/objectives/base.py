@@ -22,6 +22,7 @@ rationale ids from the rollout); ``mask`` ``[B, T]`` is 1 on the tokens that cou
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Protocol
@@ -181,6 +182,34 @@ def settings(objective: Objective, config: dict):
 def config_kwargs(section) -> dict:
     """A config section (the objective's dataclass) as `compute` keyword arguments ({} for None)."""
     return {} if section is None else {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+
+
+_token_sink: list | None = None
+
+
+@contextlib.contextmanager
+def token_capture(enabled: bool = True):
+    """While active, objectives record per-token values of the rows they train (``capture_tokens``):
+    yields a list with one {name: [values of each row]} per ``compute`` call, in row order. The loop
+    turns it on for sample steps only (samples.jsonl); off, it costs nothing."""
+    global _token_sink
+    _token_sink = [] if enabled else None
+    try:
+        yield _token_sink
+    finally:
+        _token_sink = None
+
+
+def capturing() -> bool:
+    return _token_sink is not None
+
+
+def capture_tokens(lengths: Tensor, **values: Tensor) -> None:
+    """Record flat per-token values (the mask tokens, row-major) split into rows of ``lengths``."""
+    if _token_sink is None:
+        return
+    sizes = [int(n) for n in lengths.tolist()]
+    _token_sink.append({k: [x.tolist() for x in v.detach().float().cpu().split(sizes)] for k, v in values.items()})
 
 
 _REGISTRY: dict[str, Objective] = {}

@@ -30,6 +30,7 @@ from intro_lite.train.checkpoint import (clear_run_logs, latest_checkpoint, prev
                                          save_checkpoint)
 from intro_lite.train.metrics import Timer, make_progress, progress_info, step_record
 from intro_lite.train.passes import PassSetup
+from intro_lite.train.runlog import RunLog
 from intro_lite.train.step import train_step
 
 
@@ -62,6 +63,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
     G, streak, last = cfg.rollout.group_size, 0, start
     bar = make_progress(progress)
     task = bar.add_task("train", total=cfg.train.steps, completed=start, info="")
+    runlog = RunLog(cfg, bar, tokenizer, problems)  # metrics.jsonl, trackers, samples.jsonl, alarms, plots
     with bar:
         for step in range(start + 1, cfg.train.steps + 1):
             timer = Timer()
@@ -72,10 +74,11 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
             rows = make_rows(objective, StepRollouts(idx, x_ids, xy_ids, tokenizer, problems, G, rolled and rolled.pairs,
                                                      rolled and rolled.correct, rolled and rolled.rewards), **okw)
             # 5-6. forward passes, loss, backward over micro-batches; one optimizer step on the LoRA weights
-            result = train_step(setup, optimizer, rows, micro_batch_size=cfg.train.micro_batch_size,
-                                max_grad_norm=cfg.train.max_grad_norm, generator_seed=cfg.seed * 7_919 + step * 1_000,
-                                step=step, nonfinite_streak=streak, max_nonfinite_steps=cfg.train.max_nonfinite_steps,
-                                timer=timer)
+            with runlog.capture(step) as tokens:  # on sample steps: the objective's per-token values (InTRO's w)
+                result = train_step(setup, optimizer, rows, micro_batch_size=cfg.train.micro_batch_size,
+                                    max_grad_norm=cfg.train.max_grad_norm, generator_seed=cfg.seed * 7_919 + step * 1_000,
+                                    step=step, nonfinite_streak=streak, max_nonfinite_steps=cfg.train.max_nonfinite_steps,
+                                    timer=timer)
             streak = result.nonfinite_streak
             scheduler.step()
             with timer("sync"):  # 7. push the new adapter to vLLM
@@ -84,7 +87,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
             rollout_tokens += sum(len(s.token_ids) for s in rolled.samples) if rolled else 0
             record = step_record(step, scheduler.get_last_lr()[0], rolled, result, rows, timer, version=version,
                                  rollout_tokens=rollout_tokens)
-            append_jsonl(run_dir / "metrics.jsonl", record)
+            runlog.write(record, rolled, rows, tokens)
             last = step
             out_of_budget = 0 < cfg.train.max_rollout_tokens <= rollout_tokens
             final_step = step == cfg.train.steps or out_of_budget
@@ -102,6 +105,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
     after = run_eval(cfg, engine, grader, tokenizer, "after", last)
     if before and after:
         write_atomic(run_dir / "eval_summary.json", json.dumps({"before": before, "after": after}, indent=2))
+    runlog.close()
     if own_grader:
         grader.close()
     if own_engine:

@@ -79,6 +79,21 @@ def progress_info(record: dict) -> str:
 
 def make_progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.text import Text
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled)
+    class ProgressWithAlarms(Progress):
+        """The bar, and under it the step's alarms in yellow (train/alarms.py)."""
+
+        def __init__(self, *columns, **kw):
+            self.alarm_lines: list[str] = []
+            super().__init__(*columns, **kw)
+
+        def get_renderables(self):
+            yield self.make_tasks_table(self.tasks)
+            for line in self.alarm_lines:
+                yield Text(line, style="yellow")
+
+    bar = ProgressWithAlarms(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                             disable=not enabled)
+    return bar

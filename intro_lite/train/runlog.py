@@ -1,0 +1,44 @@
+"""What each step leaves behind besides checkpoints: metrics.jsonl, the trackers, samples.jsonl, the
+alarms under the progress bar; and the plots at the end of the run."""
+
+from __future__ import annotations
+
+from intro_lite.io import append_jsonl
+from intro_lite.objectives import token_capture
+from intro_lite.train.alarms import Alarms
+from intro_lite.train.samples import is_sample_step, write_samples
+from intro_lite.train.trackers import Trackers
+
+
+class RunLog:
+    def __init__(self, cfg, bar, tokenizer, problems):
+        self.cfg, self.bar, self.tokenizer, self.problems = cfg, bar, tokenizer, problems
+        self.trackers = Trackers(cfg)
+        self.alarms = Alarms(cfg.alarms, cfg.train.prompts_per_step * cfg.rollout.group_size)
+
+    def capture(self, step: int):
+        """Around train_step: the objective's per-token values (InTRO's w), on sample steps only."""
+        return token_capture(is_sample_step(self.cfg, step))
+
+    def write(self, record: dict, rolled, rows, captured: list | None) -> None:
+        raised = self.alarms.check(record)
+        record["alarms"] = [name for name, _ in raised]
+        append_jsonl(self.cfg.run_dir / "metrics.jsonl", record)
+        self.trackers.log(record)
+        if captured is not None:
+            write_samples(self.cfg.run_dir / "samples.jsonl", record["step"], self.problems, self.tokenizer, rolled,
+                          rows, captured)
+        if hasattr(self.bar, "alarm_lines"):
+            self.bar.alarm_lines[:] = [message for _, message in raised]
+
+    def close(self) -> None:
+        self.trackers.close()
+        if self.cfg.log.plots:
+            from intro_lite.plots import plot_runs
+
+            try:
+                plot_runs([self.cfg.run_dir], self.cfg.run_dir / "plots")
+            except Exception as e:  # noqa: BLE001 - a figure must never cost the finished run
+                import logging
+
+                logging.getLogger(__name__).warning("plots not drawn: %s", e)

@@ -1,0 +1,115 @@
+"""What a run leaves besides checkpoints: TensorBoard scalars, samples.jsonl with InTRO's per-token w,
+the `show` page, plots, alarms (train/runlog.py and its helpers)."""
+
+import json
+from html.parser import HTMLParser
+
+import pytest
+
+from intro_lite.config import ConfigError, load_config
+from intro_lite.config.schema import AlarmsConfig
+from intro_lite.train.alarms import Alarms
+
+
+def record(step, **kw):
+    base = {"step": step, "rollout_accuracy": 0.5, "truncated_fraction": 0.0, "grader_timeouts": 0, "reward_errors": 0,
+            "w_mean": 1.2, "w_sq_mean": 2.0, "w_clipped_frac": 0.0, "n_tokens": 10.0, "entropy": 1.0, "adapter_version": step}
+    return {**base, **kw}
+
+
+def test_each_alarm_fires_on_its_metric_and_not_on_a_healthy_step():
+    a = Alarms(AlarmsConfig(no_correct_steps=2), samples_per_step=16)
+    assert a.check(record(1)) == []
+    names = lambda r: [n for n, _ in a.check(r)]  # noqa: E731
+    assert names(record(2, truncated_fraction=0.75)) == ["truncated"]
+    assert names(record(3, rollout_accuracy=0.0)) == []  # one step without a correct rationale is not yet an alarm
+    assert names(record(4, rollout_accuracy=0.0)) == ["no_correct"]
+    assert names(record(5, grader_timeouts=1, reward_errors=2)) == ["grader_failures"]  # 3/16 > 0.1
+    assert names(record(6, w_mean=1.0, w_sq_mean=1.0)) == ["w_collapsed"]
+    assert names(record(7, w_clipped_frac=0.9)) == ["w_clipped"]
+    assert names(record(8, adapter_version=7)) == ["adapter_stale"]
+    assert names(record(9, entropy=0.01)) == ["entropy_collapse"]
+    assert a.counts == {"truncated": 1, "no_correct": 1, "grader_failures": 1, "w_collapsed": 1, "w_clipped": 1,
+                        "adapter_stale": 1, "entropy_collapse": 1}
+    _, message = Alarms(AlarmsConfig(), 16).check(record(1, truncated_fraction=0.9))[0]
+    assert "rollout.max_new_tokens" in message and "—" in message  # what happened, then the fix
+
+
+def test_alarm_thresholds_are_ranged_config_keys():
+    assert load_config(None, ["alarms.truncated_fraction=0.8"]).alarms.truncated_fraction == 0.8
+    with pytest.raises(ConfigError, match=r"'alarms.truncated_fraction' must be in \[0, 1\]"):
+        load_config(None, ["alarms.truncated_fraction=1.5"])
+
+
+def test_missing_tracker_asked_for_is_one_line_error():
+    pytest.importorskip("tensorboard")
+    for tracker in ("wandb", "trackio"):
+        try:
+            __import__(tracker)
+            continue
+        except ImportError:
+            pass
+        with pytest.raises(ConfigError, match=rf"'log.{tracker}' = true but {tracker} is not installed"):
+            load_config(None, [f"log.{tracker}=true"])
+
+
+class Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.coloured, self.samples, self.external = [], 0, []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "span" and "w=" in (a.get("title") or ""):
+            self.coloured.append(a)
+        if tag == "div" and a.get("class") == "sample":
+            self.samples += 1
+        if tag in ("script", "link", "img") or (a.get("src") or "").startswith("http"):
+            self.external.append(tag)
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_tensorboard_samples_plots_and_show_page(tiny_assets, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from intro_lite.show import render
+    from intro_lite.train import train
+
+    rewards = tmp_path / "r.py"
+    rewards.write_text("def fn(problem, completion):\n    return 1.0\n")  # every rollout 'correct': InTRO trains all
+    cfg = load_config("recipes/tiny.toml", [
+        "model.name_or_path=tiny-test", "data.source=tiny-test", "eval.source=tiny-test", "eval.limit=4",
+        "eval.max_new_tokens=16", f'output_dir="{tmp_path}"', "train.steps=2", "train.prompts_per_step=2",
+        "rollout.max_new_tokens=16", "train.checkpoint_every=0", f'reward="{rewards}:fn"', "log.tensorboard=true",
+        "log.samples_every=2"])
+    run = train(cfg, progress=False)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(isinstance(r["alarms"], list) for r in metrics)
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    numeric = {k for k, v in metrics[0].items() if isinstance(v, (int, float)) and k != "step"}
+    assert numeric <= tags and {"loss", "w_mean", "rollout_accuracy", "time_rollout"} <= tags
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2]
+    assert acc.Scalars("loss")[1].value == pytest.approx(metrics[1]["loss"], rel=1e-6)
+
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert {s["step"] for s in samples} == {1, 2}  # step 1 always, then every 2
+    trained = [s for s in samples if s["trained"]]
+    assert trained and all(len(s["w"]) == len(s["tokens"]) == len(s["log_q_over_p"]) > 0 for s in trained)
+    assert all(0 <= w <= cfg.intro.clip_max for s in trained for w in s["w"])
+
+    pngs = {p.name for p in (run / "plots").iterdir()}
+    assert {"rollout_accuracy.png", "heldout_accuracy.png", "loss.png", "grad_norm.png", "w_stats.png",
+            "rationale_length.png", "time_per_phase.png"} <= pngs
+
+    page, step = render(run, 2)
+    parsed = Page()
+    parsed.feed(page)
+    assert step == 2 and parsed.samples == sum(s["step"] == 2 for s in samples)
+    assert len(parsed.coloured) == sum(len(s["w"]) for s in trained if s["step"] == 2)
+    assert all(a["style"].startswith("background:#") for a in parsed.coloured)
+    assert parsed.external == []  # self-contained: no scripts, stylesheets or images to fetch
+    with pytest.raises(ConfigError, match=r"--step 5: .* has steps 1, 2"):
+        render(run, 5)
