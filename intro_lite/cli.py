@@ -124,9 +124,10 @@ def eval_(
         None, "--model", help="Base model (HF name, dir, or tiny): a base row, and the base of every adapter."),
     adapter: list[Path] = typer.Option(
         [], "--adapter", help="PEFT adapter dir; on the base in its adapter_config.json unless --model (repeatable)."),
-    benchmarks: str = typer.Option(
-        "paper", "--benchmarks", help="Comma list: names, presets (paper, all), tiny, .jsonl files, HF datasets."),
-    limit: int = typer.Option(0, "--limit", help="First N problems of each benchmark (0 = all)."),
+    benchmarks: Optional[str] = typer.Option(
+        None, "--benchmarks", help="Comma list: names, presets (paper, all), tiny, .jsonl files, HF datasets. "
+        "Default: a run's own [eval] source and settings, else paper."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="First N problems of each benchmark (0 = all)."),
     k: list[str] = typer.Option([], "--k", help="Samples for one benchmark: --k amc23=8 (repeatable)."),
     samples: Optional[int] = typer.Option(
         None, "--samples", help="Samples per problem, every benchmark (default 1; 32 for AMC23/AIME)."),
@@ -168,8 +169,13 @@ def eval_(
             return
         from intro_lite.config.sources import FIELD_KEYS, expand
 
-        settings = ev.default_settings()
-        settings.benchmarks = expand(benchmarks)
+        settings = ev.default_settings(paths if benchmarks is None else [])
+        if settings.settings_from:
+            _warn(f"scoring on {settings.benchmarks[0]!r}, {settings.settings_from}'s [eval] source and settings "
+                  "(--benchmarks to choose)")
+        settings.benchmarks = expand(benchmarks if benchmarks is not None else settings.benchmarks)
+        limit = settings.limit if limit is None else limit
+        samples = settings.samples if samples is None else samples
         template = prompt_template.replace("\\n", "\n") if prompt_template is not None else None
         for key, value in [("temperature", temperature), ("top_p", top_p), ("max_new_tokens", max_new_tokens),
                            ("seed", seed), ("prompt_template", template)]:

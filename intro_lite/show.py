@@ -21,8 +21,8 @@ STYLE = """body{font:14px/1.5 system-ui,sans-serif;margin:2em;max-width:70em;col
 
 
 def colour(w: float) -> str:
-    """Diverging colour of log w: red (w < 1) - white (1) - blue (w > 1), saturating at w = 1/8 and 8."""
-    t = max(-1.0, min(1.0, math.log(max(w, 1e-12)) / math.log(8)))
+    """Diverging colour of log w: red (w < 1) - white (1) - blue (w > 1), saturating at w = 1/4 and 4."""
+    t = max(-1.0, min(1.0, math.log(max(w, 1e-12)) / math.log(4)))
     a = abs(t)
     r, g, b = (255, round(255 * (1 - 0.6 * a)), round(255 * (1 - 0.6 * a))) if t < 0 else \
               (round(255 * (1 - 0.6 * a)), round(255 * (1 - 0.35 * a)), 255)
@@ -51,8 +51,10 @@ def render(run_dir: Path, step: int | None = None) -> tuple[str, int]:
              "<p>Each trained rationale token is coloured by InTRO's correction factor w = clip(q/p, 0, C): "
              "q is the token's probability given the question <em>and</em> the answer, p given the question "
              "alone. Hover a token for w and log q/p.</p><p class='legend'>"
-             + "".join(f"<span style='background:{colour(w)}'>w={w:g}</span>" for w in (0.125, 0.5, 1, 2, 8)) + "</p>"]
-    for r in rows:
+             + "".join(f"<span style='background:{colour(w)}'>w={w:g}</span>" for w in (0.25, 0.5, 1, 2, 4)) + "</p>"]
+    trained = [r for r in rows if r.get("w")]
+    parts.append(f"<p>{len(rows)} rollouts, {len(trained)} trained (coloured, shown first).</p>")
+    for r in trained + [r for r in rows if not r.get("w")]:
         verdict = ("<span class='ok'>correct</span>" if r.get("correct") else "<span class='bad'>wrong</span>"
                    if r.get("correct") is not None else "")
         parts.append(f"<div class='sample' id='s{r['index']}'><div class='meta'>#{r['index']} · problem "

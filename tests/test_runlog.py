@@ -28,7 +28,7 @@ def test_each_alarm_fires_on_its_metric_and_not_on_a_healthy_step():
     assert names(record(6, w_mean=1.0, w_sq_mean=1.0)) == ["w_collapsed"]
     assert names(record(7, w_clipped_frac=0.9)) == ["w_clipped"]
     assert names(record(8, adapter_version=7)) == ["adapter_stale"]
-    assert names(record(9, entropy=0.01)) == ["entropy_collapse"]
+    assert names(record(9, entropy=0.001)) == ["entropy_collapse"]
     assert a.counts == {"truncated": 1, "no_correct": 1, "grader_failures": 1, "w_collapsed": 1, "w_clipped": 1,
                         "adapter_stale": 1, "entropy_collapse": 1}
     _, message = Alarms(AlarmsConfig(), 16).check(record(1, truncated_fraction=0.9))[0]
@@ -113,3 +113,57 @@ def test_tiny_run_writes_tensorboard_samples_plots_and_show_page(tiny_assets, tm
     assert parsed.external == []  # self-contained: no scripts, stylesheets or images to fetch
     with pytest.raises(ConfigError, match=r"--step 5: .* has steps 1, 2"):
         render(run, 5)
+
+
+def fake_run(path, n=6, intro=True):
+    path.mkdir(parents=True)
+    lines = [{"step": s, "rollout_accuracy": 0.1 * s, "mean_length": 40.0 + s, "loss": 1.0 / s, "grad_norm": 0.5,
+              "time_rollout": 1.0, "time_grading": 0.1, "time_forward": 0.5, "time_backward": 0.7, "time_sync": 0.2,
+              **({"w_mean": 1.1, "w_sq_mean": 1.5, "w_clipped_frac": 0.01} if intro else {}), "alarms": []}
+             for s in range(1, n + 1)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (path / "eval.jsonl").write_text(json.dumps({"when": "before", "step": 0, "accuracy": 0.2}) + "\n"
+                                     + json.dumps({"when": "after", "step": n, "accuracy": 0.3}) + "\n")
+    return path
+
+
+def test_plot_cli_one_line_per_run_and_skips_empty_figures(tmp_path):
+    from typer.testing import CliRunner
+
+    from intro_lite.cli import app
+
+    a, b = fake_run(tmp_path / "a"), fake_run(tmp_path / "b", intro=False)
+    res = CliRunner().invoke(app, ["plot", str(a), str(b), "--out", str(tmp_path / "cmp")])
+    assert res.exit_code == 0, res.output
+    names = {p.name for p in (tmp_path / "cmp").iterdir()}
+    assert names == {"rollout_accuracy.png", "heldout_accuracy.png", "rationale_length.png", "loss.png", "grad_norm.png",
+                     "w_stats.png", "time_per_phase.png"}
+    assert all((tmp_path / "cmp" / n).read_bytes()[:4] == b"\x89PNG" for n in names)
+    assert CliRunner().invoke(app, ["plot", str(a), str(b)]).exit_code == 2  # several runs need --out
+    res = CliRunner().invoke(app, ["plot", str(tmp_path)])
+    assert res.exit_code == 2 and "no metrics.jsonl" in res.output
+    c = fake_run(tmp_path / "c", intro=False)
+    CliRunner().invoke(app, ["plot", str(c)])
+    assert not (c / "plots" / "w_stats.png").exists()  # no w in a GRPO-like run: that figure is skipped
+
+
+def test_show_cli_writes_a_page_and_names_a_missing_step(tmp_path):
+    from typer.testing import CliRunner
+
+    from intro_lite.cli import app
+
+    run = fake_run(tmp_path / "r")
+    sample = {"step": 3, "index": 0, "problem_id": "p1", "prompt": "1+1 <b>?</b>", "answer": "2", "completion": "1+1=2",
+              "correct": True, "status": "ok", "reward": 1.0, "trained": True, "tokens": ["1+1", "=", "2"],
+              "w": [0.5, 1.0, 4.0], "log_q_over_p": [-0.69, 0.0, 1.39]}
+    (run / "samples.jsonl").write_text(json.dumps(sample) + "\n")
+    res = CliRunner().invoke(app, ["show", str(run), "--step", "3", "--out", str(tmp_path / "p.html")])
+    assert res.exit_code == 0, res.output
+    page = Page()
+    page.feed((tmp_path / "p.html").read_text())
+    assert [a["title"].split()[0] for a in page.coloured] == ["w=0.5", "w=1", "w=4"]
+    backgrounds = [a["style"] for a in page.coloured]
+    assert backgrounds[1] == "background:#ffffff" and backgrounds[0] != backgrounds[2]  # red below 1, blue above
+    assert "<b>" not in (tmp_path / "p.html").read_text()  # the prompt is escaped
+    res = CliRunner().invoke(app, ["show", str(run), "--step", "4"])
+    assert res.exit_code == 2 and "has steps 3" in res.output

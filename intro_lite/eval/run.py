@@ -37,10 +37,24 @@ class EvalSettings:
     maj: bool = False
     data_dir: str = str(DEFAULT_DATA_DIR)
     fields: dict[str, str] = field(default_factory=dict)  # field mapping for files / HF datasets
+    reward: str = "math"  # the grader's reward (a run's `reward` when its settings are the defaults)
+    samples: int | None = None  # samples per problem unless --samples/--k (a run's eval.samples)
+    settings_from: str = ""  # the run dir whose config gave these defaults, "" = the project's
 
 
-def default_settings() -> EvalSettings:
-    """The project's [eval] and [data] defaults (intro_lite.toml; no chat template)."""
+def default_settings(runs: list = ()) -> EvalSettings:
+    """The project's [eval] and [data] defaults (intro_lite.toml; no chat template) — or, for `intro-lite
+    eval RUN_DIR` without --benchmarks, the first run's own: the benchmark it was evaluated on
+    (`[eval] source`), its limit, samples, sampling, prompt template and reward."""
+    from intro_lite.eval.targets import run_config
+
+    for run in runs:
+        rc = run_config(Path(run), warn=lambda message: None)
+        if rc is not None and rc.eval.source:
+            e = rc.eval
+            return EvalSettings(benchmarks=[e.source], temperature=e.temperature, top_p=e.top_p,
+                                max_new_tokens=e.max_new_tokens, seed=e.seed, prompt_template=rc.data.prompt_template,
+                                limit=e.limit, reward=rc.reward, samples=e.samples, settings_from=str(run))
     cfg = load_config()
     return EvalSettings(benchmarks=list(PRESETS["paper"]), temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
                         max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.eval.seed,
@@ -116,7 +130,7 @@ def run(settings: EvalSettings, targets: list[Target], out: Path, *, console=Non
                 (out / name).unlink(missing_ok=True)
 
     save()
-    with Grader(GRADER_TIMEOUT_S) as grader:
+    with Grader(GRADER_TIMEOUT_S, reward=settings.reward) as grader:
         for model_path, group in by_base.items():
             group.sort(key=lambda t: t.adapter is not None)  # the base row first
             prompts, ids, max_len = tokenized[model_path]
