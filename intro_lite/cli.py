@@ -40,22 +40,28 @@ def train(
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default: name key)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Disable the progress bar."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its latest complete checkpoint."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show the libraries' start-up output (else in RUN_DIR/stderr.log)."),
 ) -> None:
     """Train a LoRA adapter with the recipe's objective (InTRO by default)."""
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # keep vLLM's per-call notices off the progress bar
+    from intro_lite.errors import TrainingAborted
+    from intro_lite.quiet import hidden_stderr, keep_log
+
+    if not verbose:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # keep vLLM's per-call notices off the progress bar
     try:
         cfg = load_config(recipe, run_overrides(set_, output, name))
         from intro_lite.train import train as run_train
 
-        run_dir = run_train(cfg, progress=not no_progress, resume=resume)
+        log = None
+        try:
+            with hidden_stderr(not verbose, one_line_errors=(ConfigError, TrainingAborted)) as log:
+                run_dir = run_train(cfg, progress=not no_progress, resume=resume)
+        finally:
+            keep_log(log, cfg.run_dir)
     except ConfigError as e:
         _fail(str(e))
         return
-    except RuntimeError as e:
-        from intro_lite.errors import TrainingAborted
-
-        if not isinstance(e, TrainingAborted):
-            raise
+    except TrainingAborted as e:
         _fail(str(e))
         return
     _print_summary(run_dir)
