@@ -52,17 +52,13 @@ def test_choice_compares_letters():
     assert choice({"answer": "C"}, "The answer is (C)") and not choice({"answer": "(C)"}, "Answer: D")
 
 
-@pytest.mark.parametrize("spec, pattern", [
-    ("nonsense", r"'reward' must be one of \['math', 'exact', 'choice'\]"),
-    ("no/such/file.py:fn", r"'reward' 'no/such/file.py:fn': file not found"),
-    ("{f}:missing", r"defines no top-level 'missing'"),
-    ("no_such_pkg_xyz.rewards:fn", r"no module named 'no_such_pkg_xyz.rewards'|cannot import"),
-    ("{f}:1bad", r"'reward' must be one of"),
-])
-def test_broken_reward_is_one_line_config_error(reward_file, spec, pattern):
-    with pytest.raises(ConfigError, match=pattern) as e:
-        load_config(None, [f'reward="{spec.format(f=reward_file)}"'])
+def test_reward_file_without_the_function_is_one_line_config_error(reward_file):
+    # Unknown words, missing files and modules: tests/test_config.py's table of bad recipes.
+    with pytest.raises(ConfigError, match=r"defines no top-level 'missing'") as e:
+        load_config(None, [f'reward="{reward_file}:missing"'])
     assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"'reward' must be one of"):
+        load_config(None, [f'reward="{reward_file}:1bad"'])
 
 
 def test_syntax_error_in_reward_file(tmp_path):
