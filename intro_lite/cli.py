@@ -143,6 +143,9 @@ def eval_(
     seed: Optional[int] = typer.Option(None, "--seed", help=_default(EvalConfig, "eval", "seed")),
     prompt_template: Optional[str] = typer.Option(
         None, "--prompt-template", help=_default(DataConfig, "data", "prompt_template", "no chat template. \\n is a newline.")),
+    chat_template: Optional[bool] = typer.Option(
+        None, "--chat-template/--no-chat-template", help="Prompts through the tokenizer's chat template "
+        "(default: a run's data.chat_template, else off)."),
     out: Optional[Path] = typer.Option(
         None, "--out", help="Directory for results.json and samples.jsonl (default runs/eval/<timestamp>)."),
     compare: bool = typer.Option(False, "--compare", help="Re-render the tables from saved results.json files."),
@@ -188,6 +191,7 @@ def eval_(
             if value is not None:
                 setattr(settings, key, value)
         settings.limit, settings.maj, settings.data_dir = limit, maj, str(data_dir)
+        settings.chat_template = settings.chat_template if chat_template is None else chat_template
         settings.fields = dict(_pair(f, "--field", str) for f in field)
         if bad := sorted(set(settings.fields) - set(FIELD_KEYS)):
             _fail(f"--field {bad[0]}=...: unknown key (known: {', '.join(FIELD_KEYS)})")

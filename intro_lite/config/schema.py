@@ -52,6 +52,7 @@ class DataConfig:
     prompt_template: str = "{question}\n"  # x: no chat template, as in the paper
     hint_template: str = "{question}\nThe final answer is {answer}. Let me justify it step by step.\n"  # x ⊕ y
     max_prompt_tokens: int = bounded(512, ge=1)
+    chat_template: bool = False  # x and x ⊕ y as the user turn of the tokenizer's chat template (instruct models)
 
 
 @dataclass

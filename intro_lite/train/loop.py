@@ -15,7 +15,7 @@ import torch
 
 from intro_lite.data.benchmarks import load_benchmark
 from intro_lite.config import Config, load_config, to_toml
-from intro_lite.data.problems import Problem, PromptSampler, load_problems, render_prompt
+from intro_lite.data.problems import Problem, PromptSampler, encode_prompts, load_problems, render_prompt
 from intro_lite.rollout.engine import RolloutEngine
 from intro_lite.tiny.assets import resolve_model_path
 from intro_lite.errors import ConfigError
@@ -178,9 +178,9 @@ def make_engine(cfg: Config, model_path: str) -> RolloutEngine:
 def tokenize_problems(cfg: Config, tokenizer, problems: list[Problem]):
     """Token ids of x (question) and x⊕y (question + answer hint), once; rollouts reuse these ids
     and the rationale ids vLLM returns, so nothing is ever re-tokenised. Over-long prompts are dropped."""
-    # One batched call per template: the fast tokenizer encodes the whole dataset in parallel.
-    xs = tokenizer([render_prompt(cfg.data.prompt_template, p) for p in problems])["input_ids"]
-    xys = tokenizer([render_prompt(cfg.data.hint_template, p) for p in problems])["input_ids"]
+    chat = cfg.data.chat_template  # x and x ⊕ y as the user turn of the tokenizer's chat template
+    _, xs = encode_prompts(tokenizer, [render_prompt(cfg.data.prompt_template, p) for p in problems], chat)
+    _, xys = encode_prompts(tokenizer, [render_prompt(cfg.data.hint_template, p) for p in problems], chat)
     keep = [j for j, x in enumerate(xs) if len(x) <= cfg.data.max_prompt_tokens]
     kept, x_ids, xy_ids = [problems[j] for j in keep], [xs[j] for j in keep], [xys[j] for j in keep]
     if not kept:
@@ -226,7 +226,8 @@ def run_eval(cfg: Config, engine, grader, tokenizer, label: str, step: int) -> d
     if not cfg.eval.source:
         return None
     problems = load_benchmark(cfg.eval.source, limit=cfg.eval.limit)
-    ids = [tokenizer(render_prompt(cfg.data.prompt_template, p))["input_ids"] for p in problems]
+    _, ids = encode_prompts(tokenizer, [render_prompt(cfg.data.prompt_template, p) for p in problems],
+                            cfg.data.chat_template)  # rendered as in training
     s = score(engine, grader, problems, ids, k=cfg.eval.samples, temperature=cfg.eval.temperature,
               top_p=cfg.eval.top_p, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.eval.seed)
     result = {"accuracy": s.accuracy, "mean_length": s.mean_length, "n_problems": s.n_problems, "k": s.k, "counts": s.counts}
