@@ -167,3 +167,14 @@ def test_show_cli_writes_a_page_and_names_a_missing_step(tmp_path):
     assert "<b>" not in (tmp_path / "p.html").read_text()  # the prompt is escaped
     res = CliRunner().invoke(app, ["show", str(run), "--step", "4"])
     assert res.exit_code == 2 and "has steps 3" in res.output
+
+
+def test_a_resume_drops_the_samples_of_steps_it_re_runs(tmp_path):
+    from intro_lite.train.runlog import drop_samples_after
+
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "index": 0}) + "\n" for s in (1, 10, 20)))
+    drop_samples_after(path, 10)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 10]
+    drop_samples_after(path, 0)  # died before its first checkpoint: starts again from step 0
+    assert path.read_text() == ""

@@ -47,7 +47,7 @@ def smoke_test(cfg: Config, model_path: str) -> list[tuple[str, str, str]]:
         return rows
     rows.append(("vLLM engine", "ok", f"{engine.dtype}, max_model_len {engine.max_model_len}, "
                                       f"max LoRA rank {engine.max_lora_rank} [{time.perf_counter() - t0:.1f}s]"))
-    grader = Grader()
+    grader = Grader(reward=scfg.reward)
     try:
         run_dir = attempt(rows, "training step", lambda: one_step(rows, scfg, engine, grader))
         if run_dir is not None:

@@ -63,7 +63,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
     G, streak, last = cfg.rollout.group_size, 0, start
     bar = make_progress(progress)
     task = bar.add_task("train", total=cfg.train.steps, completed=start, info="")
-    runlog = RunLog(cfg, bar, tokenizer, problems)  # metrics.jsonl, trackers, samples.jsonl, alarms, plots
+    runlog = RunLog(cfg, bar, tokenizer, problems, start)  # metrics.jsonl, trackers, samples.jsonl, alarms, plots
     with bar:
         for step in range(start + 1, cfg.train.steps + 1):
             timer = Timer()

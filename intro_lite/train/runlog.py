@@ -3,17 +3,26 @@ alarms under the progress bar; and the plots at the end of the run."""
 
 from __future__ import annotations
 
-from intro_lite.io import append_jsonl
+import json
+
+from intro_lite.io import append_jsonl, write_atomic
 from intro_lite.objectives import token_capture
 from intro_lite.train.alarms import Alarms
 from intro_lite.train.samples import is_sample_step, write_samples
 from intro_lite.train.trackers import Trackers
 
 
+def drop_samples_after(path, step: int) -> None:
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        write_atomic(path, "".join(line + "\n" for line in kept))
+
+
 class RunLog:
-    def __init__(self, cfg, bar, tokenizer, problems):
+    def __init__(self, cfg, bar, tokenizer, problems, start: int = 0):
         self.cfg, self.bar, self.tokenizer, self.problems = cfg, bar, tokenizer, problems
-        self.trackers = Trackers(cfg)
+        drop_samples_after(cfg.run_dir / "samples.jsonl", start)  # a resume re-runs the steps after its checkpoint
+        self.trackers = Trackers(cfg, start)
         self.alarms = Alarms(cfg.alarms, cfg.train.prompts_per_step * cfg.rollout.group_size)
 
     def capture(self, step: int):

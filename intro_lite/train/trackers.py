@@ -12,12 +12,13 @@ def numeric_fields(record: dict) -> dict[str, float]:
 
 
 class Trackers:
-    def __init__(self, cfg):
+    def __init__(self, cfg, start: int = 0):
         self.tb = self.wandb = self.trackio = None
         if cfg.log.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=str(cfg.run_dir / "tensorboard"))
+            # purge_step: a resume re-runs the steps after its checkpoint; TensorBoard drops their old events
+            self.tb = SummaryWriter(log_dir=str(cfg.run_dir / "tensorboard"), purge_step=start + 1 if start else None)
         settings = dataclasses.asdict(cfg)
         if cfg.log.wandb:  # validate() refused the key if wandb is missing
             import wandb
