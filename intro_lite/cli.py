@@ -40,22 +40,28 @@ def train(
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default: name key)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Disable the progress bar."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its latest complete checkpoint."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show the libraries' start-up output (else in RUN_DIR/stderr.log)."),
 ) -> None:
     """Train a LoRA adapter with the recipe's objective (InTRO by default)."""
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # keep vLLM's per-call notices off the progress bar
+    from intro_lite.errors import TrainingAborted
+    from intro_lite.quiet import hidden_stderr, keep_log
+
+    if not verbose:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # keep vLLM's per-call notices off the progress bar
     try:
         cfg = load_config(recipe, run_overrides(set_, output, name))
         from intro_lite.train import train as run_train
 
-        run_dir = run_train(cfg, progress=not no_progress, resume=resume)
+        log = None
+        try:
+            with hidden_stderr(not verbose, one_line_errors=(ConfigError, TrainingAborted)) as log:
+                run_dir = run_train(cfg, progress=not no_progress, resume=resume)
+        finally:
+            keep_log(log, cfg.run_dir)
     except ConfigError as e:
         _fail(str(e))
         return
-    except RuntimeError as e:
-        from intro_lite.errors import TrainingAborted
-
-        if not isinstance(e, TrainingAborted):
-            raise
+    except TrainingAborted as e:
         _fail(str(e))
         return
     _print_summary(run_dir)
@@ -100,6 +106,13 @@ def _print_summary(run_dir: Path) -> None:
         se = (_binomial_se(s["before"]) ** 2 + _binomial_se(s["after"]) ** 2) ** 0.5
         table.add_row("held-out change", f"{diff:+.3f} ± {se:.3f}", "")
     Console().print(table)
+    alarms: dict[str, int] = {}
+    for s in steps:
+        for name in s.get("alarms") or []:
+            alarms[name] = alarms.get(name, 0) + 1
+    if alarms:
+        Console().print("[yellow]alarms:[/yellow] " + ", ".join(f"{k} on {v} step(s)" for k, v in alarms.items())
+                        + "  (fixes: docs/ecosystem.md#alarms)", highlight=False)
     Console().print(f"adapter: {run_dir / 'final'}  (± is one standard error)")
 
 
@@ -117,9 +130,10 @@ def eval_(
         None, "--model", help="Base model (HF name, dir, or tiny): a base row, and the base of every adapter."),
     adapter: list[Path] = typer.Option(
         [], "--adapter", help="PEFT adapter dir; on the base in its adapter_config.json unless --model (repeatable)."),
-    benchmarks: str = typer.Option(
-        "paper", "--benchmarks", help="Comma list: names, presets (paper, all), tiny, .jsonl files, HF datasets."),
-    limit: int = typer.Option(0, "--limit", help="First N problems of each benchmark (0 = all)."),
+    benchmarks: Optional[str] = typer.Option(
+        None, "--benchmarks", help="Comma list: names, presets (paper, all), tiny, .jsonl files, HF datasets. "
+        "Default: a run's own [eval] source and settings, else paper."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="First N problems of each benchmark (0 = all)."),
     k: list[str] = typer.Option([], "--k", help="Samples for one benchmark: --k amc23=8 (repeatable)."),
     samples: Optional[int] = typer.Option(
         None, "--samples", help="Samples per problem, every benchmark (default 1; 32 for AMC23/AIME)."),
@@ -129,6 +143,9 @@ def eval_(
     seed: Optional[int] = typer.Option(None, "--seed", help=_default(EvalConfig, "eval", "seed")),
     prompt_template: Optional[str] = typer.Option(
         None, "--prompt-template", help=_default(DataConfig, "data", "prompt_template", "no chat template. \\n is a newline.")),
+    chat_template: Optional[bool] = typer.Option(
+        None, "--chat-template/--no-chat-template", help="Prompts through the tokenizer's chat template "
+        "(default: a run's data.chat_template, else off)."),
     out: Optional[Path] = typer.Option(
         None, "--out", help="Directory for results.json and samples.jsonl (default runs/eval/<timestamp>)."),
     compare: bool = typer.Option(False, "--compare", help="Re-render the tables from saved results.json files."),
@@ -161,14 +178,20 @@ def eval_(
             return
         from intro_lite.config.sources import FIELD_KEYS, expand
 
-        settings = ev.default_settings()
-        settings.benchmarks = expand(benchmarks)
+        settings = ev.default_settings(paths if benchmarks is None else [])
+        if settings.settings_from:
+            _warn(f"scoring on {settings.benchmarks[0]!r}, {settings.settings_from}'s [eval] source and settings "
+                  "(--benchmarks to choose)")
+        settings.benchmarks = expand(benchmarks if benchmarks is not None else settings.benchmarks)
+        limit = settings.limit if limit is None else limit
+        samples = settings.samples if samples is None else samples
         template = prompt_template.replace("\\n", "\n") if prompt_template is not None else None
         for key, value in [("temperature", temperature), ("top_p", top_p), ("max_new_tokens", max_new_tokens),
                            ("seed", seed), ("prompt_template", template)]:
             if value is not None:
                 setattr(settings, key, value)
         settings.limit, settings.maj, settings.data_dir = limit, maj, str(data_dir)
+        settings.chat_template = settings.chat_template if chat_template is None else chat_template
         settings.fields = dict(_pair(f, "--field", str) for f in field)
         if bad := sorted(set(settings.fields) - set(FIELD_KEYS)):
             _fail(f"--field {bad[0]}=...: unknown key (known: {', '.join(FIELD_KEYS)})")
@@ -286,6 +309,45 @@ def probe(
         return
     render(res, Console(width=max(Console().width, 120)))
     Console().print(f"results: {out / 'results.json'}  plot: {out / 'probe.png'}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def plot(
+    runs: list[Path] = typer.Argument(..., help="Run directories (metrics.jsonl, eval.jsonl); one line per run."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for the PNGs (default: RUN_DIR/plots, one run)."),
+) -> None:
+    """PNGs of rollout and held-out accuracy, length, loss, grad norm, InTRO's w and time per phase."""
+    from intro_lite.plots import plot_runs
+
+    if out is None and len(runs) > 1:
+        _fail("several runs: name the directory for their plots with --out")
+    try:
+        written = plot_runs(runs, out or runs[0] / "plots")
+    except ConfigError as e:
+        _fail(str(e))
+        return
+    for path in written:
+        Console().print(str(path), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def show(
+    run: Path = typer.Argument(..., help="Run directory with samples.jsonl ([log] samples_every)."),
+    step: Optional[int] = typer.Option(None, "--step", help="Training step (default: the last sampled step)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default RUN_DIR/samples-step-N.html)."),
+) -> None:
+    """A self-contained HTML page of one step's samples, each rationale token coloured by InTRO's w."""
+    from intro_lite.io import write_atomic
+    from intro_lite.show import render
+
+    try:
+        page, step = render(run, step)
+    except ConfigError as e:
+        _fail(str(e))
+        return
+    out = out or run / f"samples-step-{step}.html"
+    write_atomic(out, page)
+    Console().print(f"page: {out}", highlight=False, soft_wrap=True)
 
 
 def _warn(msg: str) -> None:

@@ -1,6 +1,7 @@
 """Answer grading: the project's only grader, used by both training rewards and eval.
 
-Built on math-verify. All math-verify / sympy work runs in a persistent worker
+Built on math-verify, or a reward function (`reward` in the config; rewards.py), which runs in the
+same worker under the same hard timeout. All math-verify / sympy work runs in a persistent worker
 process (multiprocessing "spawn" context: the parent holds torch/vLLM threads,
 so forking it is unsafe). The parent enforces a hard wall-clock timeout per item
 and kills + replaces the worker when an item overruns, so a pathological answer
@@ -25,6 +26,7 @@ from functools import lru_cache
 from typing import Any
 
 from intro_lite.answers import extract_boxed, strip_math_delimiters
+from intro_lite.rewards import CORRECT_ABOVE, load_reward
 
 __all__ = ["Grade", "Grader", "extract_boxed"]
 
@@ -44,6 +46,12 @@ class Grade:
     status: str
     # First parsed element of the completion as a string, or "".
     pred: str
+    # The reward function's value; None = math-verify, whose reward is 1/0 (`value`).
+    reward: float | None = None
+
+    @property
+    def value(self) -> float:
+        return float(self.correct) if self.reward is None else self.reward
 
 
 def _internal_timeout_s(timeout_s: float) -> int | None:
@@ -67,7 +75,10 @@ def _internal_timeout_s(timeout_s: float) -> int | None:
 _MV: dict[str, Any] = {}
 
 
-def _worker_init() -> None:
+def _worker_init(reward: str = "math") -> None:
+    if reward != "math":
+        _MV["reward_fn"] = load_reward(reward)  # loaded once per worker
+        return
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
     from math_verify.errors import TimeoutException
 
@@ -145,15 +156,25 @@ def _grade_one(gold: str, completion: str, internal: int | None) -> tuple[bool, 
     return False, ("timeout" if timed_out else "ok"), pred_str
 
 
-def _worker_main(conn, internal: int | None, parent_pid: int) -> None:
+def _reward_one(gold: str | dict, completion: str, internal: int | None) -> tuple[bool, str, str, float | None]:
+    """(correct, status, pred, reward) of one item by the reward function, or math-verify."""
+    fn = _MV.get("reward_fn")
+    if fn is None:
+        return (*_grade_one(gold["answer"] if isinstance(gold, dict) else gold, completion, internal), None)
+    # An exception is status "error" (counted per step by the loop), never the end of the run.
+    r = float(fn(gold if isinstance(gold, dict) else {"answer": gold}, completion))
+    if r != r or r in (float("inf"), float("-inf")):
+        return False, "error", "", 0.0
+    return r > CORRECT_ABOVE, "ok", "", r
+
+
+def _worker_main(conn, internal: int | None, parent_pid: int, reward: str = "math") -> None:
     # Ctrl-C reaches the whole process group; the parent decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        _worker_init()
-    except BaseException:
-        import traceback
-
-        conn.send(("init_error", traceback.format_exc()))
+        _worker_init(reward)
+    except BaseException as e:
+        conn.send(("init_error", f"{type(e).__name__}: {e}"))
         return
     conn.send(("ready",))
 
@@ -169,11 +190,11 @@ def _worker_main(conn, internal: int | None, parent_pid: int) -> None:
             if os.getppid() != parent_pid:
                 return  # orphaned mid-batch: nobody will read the results
             try:
-                correct, status, pred = _grade_one(gold, completion, internal)
+                correct, status, pred, reward = _reward_one(gold, completion, internal)
             except BaseException:  # noqa: BLE001 - never let one item kill the worker
-                correct, status, pred = False, "error", ""
+                correct, status, pred, reward = False, "error", "", (None if "reward_fn" not in _MV else 0.0)
             try:
-                conn.send(("result", batch_id, idx, correct, status, pred))
+                conn.send(("result", batch_id, idx, correct, status, pred, reward))
             except (BrokenPipeError, OSError):
                 return
 
@@ -197,17 +218,19 @@ class _WorkerDied(Exception):
 
 
 class Grader:
-    """Grades (gold_answer, completion_text) pairs with math-verify under a hard per-item timeout.
+    """Grades (gold_answer, completion_text) pairs with math-verify (or `reward`, see rewards.py) under
+    a hard per-item timeout. The gold may be a problem dict (rewards.problem_dict), which a reward
+    function receives whole.
 
     Owns one lazily started worker process, reused across grade() calls.
     Use as a context manager (or call close()). Not meant to be shared across
     threads concurrently; calls are serialised by a lock.
     """
 
-    def __init__(self, timeout_s: float = 5.0):
+    def __init__(self, timeout_s: float = 5.0, reward: str = "math"):
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        self.timeout_s = float(timeout_s)
+        self.timeout_s, self.reward = float(timeout_s), reward
         self._internal = _internal_timeout_s(self.timeout_s)
         self._ctx = mp.get_context("spawn")
         self._proc = None
@@ -235,7 +258,7 @@ class Grader:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(child_conn, self._internal, os.getpid()),
+            args=(child_conn, self._internal, os.getpid(), self.reward),
             name="intro-lite-grader",
             daemon=True,  # multiprocessing's own atexit also reaps it
         )
@@ -258,7 +281,7 @@ class Grader:
             raise
         if msg[0] != "ready":
             self._kill_worker()
-            raise RuntimeError(f"grading worker failed to start:\n{msg[1]}")
+            raise RuntimeError(f"grading worker failed to start (reward {self.reward!r}): {msg[1]}")
 
     def _kill_worker(self) -> None:
         proc, conn = self._proc, self._conn
@@ -305,8 +328,8 @@ class Grader:
         """Grade (gold_answer, completion_text) pairs; returns one Grade per item, in order."""
         items = list(items)
         for gold, completion in items:
-            if not isinstance(gold, str) or not isinstance(completion, str):
-                raise TypeError("items must be (gold: str, completion: str) pairs")
+            if not isinstance(gold, (str, dict)) or not isinstance(completion, str):
+                raise TypeError("items must be (gold: str | problem dict, completion: str) pairs")
 
         with self._lock:
             if self._closed:
@@ -318,6 +341,9 @@ class Grader:
                 # sending results for this batch, so it cannot be reused.
                 self._kill_worker()
                 raise
+
+    def _failed_reward(self) -> float | None:
+        return None if self.reward == "math" else 0.0
 
     def _grade_locked(self, items: list[tuple[str, str]]) -> list[Grade]:
         results: list[Grade | None] = [None] * len(items)
@@ -340,7 +366,7 @@ class Grader:
                     msg = self._recv_result(deadline)
                 except _WorkerDied as e:
                     log.warning("grading worker died on item %d (%s); restarting", pos, e)
-                    results[pos] = Grade(False, "error", "")
+                    results[pos] = Grade(False, "error", "", self._failed_reward())
                     pos += 1
                     self._kill_worker()
                     break
@@ -348,14 +374,14 @@ class Grader:
                     log.warning(
                         "grading item %d exceeded %.1fs; killing worker", pos, self.timeout_s
                     )
-                    results[pos] = Grade(False, "timeout", "")
+                    results[pos] = Grade(False, "timeout", "", self._failed_reward())
                     pos += 1
                     self._kill_worker()
                     break
-                _, got_batch, idx, correct, status, pred = msg
+                _, got_batch, idx, correct, status, pred, reward = msg
                 if got_batch != batch_id or batch_start + idx != pos:
                     raise RuntimeError(f"grading worker protocol error: {msg[:3]!r} at item {pos}")
-                results[pos] = Grade(bool(correct), status, pred)
+                results[pos] = Grade(bool(correct), status, pred, reward)
                 pos += 1
                 deadline = time.monotonic() + self.timeout_s
         return results  # type: ignore[return-value]

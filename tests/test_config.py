@@ -61,6 +61,10 @@ def test_int_widens_to_float_but_not_the_reverse(tmp_path):
         ("[rollout]\nquantization = 'bitsandbytes'\n", r"'rollout.quantization' = 'bitsandbytes' needs a CUDA GPU"),
         ("objective = 'ppo'\n", r"'objective' must be one of"),
         ("[eval]\nsource = 'math5000'\n", r"'eval.source'.*math5000"),
+        ("reward = 'nonsense'\n", r"'reward' must be one of \['math', 'exact', 'choice'\]"),
+        ("reward = 'no/such/file.py:fn'\n", r"'reward' 'no/such/file.py:fn': file not found"),
+        ("reward = 'no_such_pkg_xyz.rewards:fn'\n", r"cannot import no_such_pkg_xyz.rewards: No module named 'no_such_pkg_xyz'"),
+        ("[log]\nsamples_every = -1\n", r"'log.samples_every' must be >= 0"),
     ],
 )
 def test_bad_recipe_is_a_one_line_error_naming_the_key(tmp_path, text, pattern):

@@ -223,3 +223,37 @@ def test_eval_help_shows_config_tables():
     assert out.exit_code == 0
     assert "[eval] temperature" in out.output and "[eval] max_new_tokens" in out.output
     assert "[data] prompt_template" in out.output
+
+
+def test_run_dir_defaults_to_its_own_eval_source_and_settings(tmp_path):
+    from intro_lite.config import load_config, to_toml
+    from intro_lite.eval.run import default_settings
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.toml").write_text(to_toml(load_config(None, [
+        "eval.source=tiny-test", "eval.limit=7", "eval.samples=2", "eval.max_new_tokens=33", "eval.temperature=0.3",
+        'reward="exact"', 'data.prompt_template="Q: {question}\\n"'])))
+    s = default_settings([tmp_path / "not-a-run", run])
+    assert (s.benchmarks, s.limit, s.samples, s.max_new_tokens, s.temperature, s.reward, s.prompt_template,
+            s.settings_from) == (["tiny-test"], 7, 2, 33, 0.3, "exact", "Q: {question}\n", str(run))
+    assert default_settings([tmp_path]).benchmarks == default_settings().benchmarks  # no run config: the paper preset
+    assert default_settings().reward == "math" and default_settings().settings_from == ""
+
+
+@pytest.mark.slow
+def test_eval_run_dir_without_benchmarks_uses_the_runs_eval(tiny_assets, tmp_path):
+    from intro_lite.config import load_config, to_toml
+
+    run = tmp_path / "runs" / "tiny-run"
+    make_adapter(tiny_assets.model_dir, run / "final", rank=8, seed=0)
+    (run / "config.toml").write_text(to_toml(load_config(None, [
+        "model.name_or_path=tiny-test", "eval.source=tiny-test", "eval.limit=3", "eval.samples=2",
+        "eval.max_new_tokens=16"])))
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["eval", str(run), "--out", str(out)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "scoring on 'tiny-test'" in result.output
+    res = json.loads((out / "results.json").read_text())
+    assert {k: res["config"][k] for k in ("benchmarks", "limit", "k", "max_new_tokens")} == {
+        "benchmarks": ["tiny-test"], "limit": 3, "k": {"tiny-test": 2}, "max_new_tokens": 16}

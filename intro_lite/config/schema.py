@@ -51,6 +51,7 @@ class DataConfig:
     prompt_template: str = "{question}\n"  # x: no chat template, as in the paper
     hint_template: str = "{question}\nThe final answer is {answer}. Let me justify it step by step.\n"  # x ⊕ y
     max_prompt_tokens: int = bounded(256, ge=1)  # longer prompts are dropped
+    chat_template: bool = False  # x and x ⊕ y as the user turn of the tokenizer's chat template (instruct models)
 
 
 @dataclass
@@ -98,12 +99,38 @@ class EvalConfig:
 
 
 @dataclass
+class LogConfig:
+    """Where the per-step record goes besides metrics.jsonl, and what else a run writes (docs/ecosystem.md)."""
+
+    tensorboard: bool = False  # <run>/tensorboard/: every numeric metrics.jsonl field as a scalar
+    wandb: bool = False  # needs `pip install wandb`; never required
+    trackio: bool = False  # needs `pip install trackio`; never required
+    samples_every: int = bounded(10, ge=0)  # steps; prompts, completions, grades, per-token w into samples.jsonl; 0 = never
+    plots: bool = True  # draw <run>/plots/*.png at the end of the run
+
+
+@dataclass
+class AlarmsConfig:
+    """A yellow line under the progress bar, counted in metrics.jsonl (`alarms`) and the final summary."""
+
+    enabled: bool = True
+    truncated_fraction: float = bounded(0.5, ge=0.0, le=1.0)  # share of rollouts cut at rollout.max_new_tokens
+    no_correct_steps: int = bounded(3, ge=1)  # steps in a row in which no prompt had a correct rationale
+    grader_failures: float = bounded(0.1, ge=0.0, le=1.0)  # share of rollouts whose grading timed out or raised
+    w_std_min: float = bounded(1e-3, ge=0)  # InTRO: std of w below this (with w_mean ≈ 1) = q ≈ p, no signal
+    w_clipped_fraction: float = bounded(0.5, ge=0.0, le=1.0)  # InTRO: share of w clipped at intro.clip_max
+    entropy_min: float = bounded(0.01, ge=0)  # policy entropy (nats/token) below this = collapse (the tiny task runs at 0.03-0.12)
+
+
+@dataclass
 class CoreConfig:
     """The run's own keys and tables; `Config` adds one table per objective that has keys."""
 
     name: str = "run"
     seed: int = bounded(0, ge=0, lt=2**32)  # numpy seeds are 32-bit
     objective: str = "intro"
+    # math (math-verify) | exact | choice | "pkg.module:fn" | "path/to/file.py:fn" (intro_lite/rewards.py)
+    reward: str = "math"
     output_dir: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -111,6 +138,8 @@ class CoreConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
 
     @property
     def run_dir(self) -> Path:

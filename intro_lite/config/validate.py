@@ -5,12 +5,14 @@ plain tables (`rollout/lora_rules.py`, `config/sources.py`).
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from intro_lite.bounds import check_bounds
 from intro_lite.config.schema import Config
 from intro_lite.config.sources import get_spec, is_tiny, looks_local
 from intro_lite.errors import ConfigError
+from intro_lite.rewards import check_reward
 from intro_lite.rollout.lora_rules import check_lora_compat
 
 
@@ -27,6 +29,10 @@ def validate(cfg: Config) -> None:
     from intro_lite.objectives import available
 
     _require(cfg.objective in available(), "objective", f"must be one of {available()}, got {cfg.objective!r}")
+    check_reward(cfg.reward)  # a missing file or function fails here, before any model loads
+    for tracker in ("wandb", "trackio"):  # optional: an error only when asked for and missing
+        _require(not getattr(cfg.log, tracker) or importlib.util.find_spec(tracker) is not None, f"log.{tracker}",
+                 f"= true but {tracker} is not installed (pip install {tracker})")
     check_bounds(cfg)  # every numeric key's declared range, and finiteness
     r, lo = cfg.rollout, cfg.lora
     # max_model_len = 0 is the model's own context: train checks the fit when it has read the model's config

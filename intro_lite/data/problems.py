@@ -186,6 +186,20 @@ def render_prompt(template: str, problem: Problem) -> str:
     return template.replace("{question}", problem.question).replace("{answer}", problem.answer)
 
 
+def encode_prompts(tokenizer, texts: list[str], chat_template: bool = False) -> tuple[list[str], list[list[int]]]:
+    """(what the model sees, its token ids) for rendered prompts. With `chat_template` (data.chat_template,
+    for instruct models) each text is the user turn of the tokenizer's chat template, ending where the
+    assistant's reply — the rationale — starts; the template writes its own special tokens (no second BOS)."""
+    if chat_template:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(f"data.chat_template = true, but {getattr(tokenizer, 'name_or_path', 'the tokenizer')} "
+                              "has no chat template")
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                               add_generation_prompt=True) for t in texts]
+    # One batched call: the fast tokenizer encodes the whole list in parallel.
+    return texts, tokenizer(texts, add_special_tokens=not chat_template)["input_ids"]
+
+
 class PromptSampler:
     """Epoch-shuffled cursor over problems; its state is two ints so a resume is exact."""
 

@@ -104,3 +104,17 @@ def memory_row(terms) -> tuple[str, str, str]:
     status = "warn" if gpu and total > gpu else "ok"
     room = f"; exceeds the GPU's {gpu / GiB:.1f} GiB" if status == "warn" else ""
     return ("memory estimate", status, f"peak ~{total / GiB:.2f} GiB; largest term: {name} ({biggest / GiB:.2f} GiB){room}")
+
+
+def gpu_summary(cfg: Config, model_config: dict, gpu_gb: int) -> str:
+    """One line for a recipe's header: the estimate on a `gpu_gb` GB GPU, or why it does not fit."""
+    gpu = gpu_gb * 10**9
+    terms = estimate_memory(cfg, model_config, gpu)
+    total = sum(b for _, b, _ in terms)
+    name, biggest, _ = max(terms, key=lambda t: t[1])
+    weights = terms[0][1]
+    if cfg.rollout.gpu_memory_utilization * gpu <= weights:
+        return (f"{gpu_gb} GB GPU: does not fit — vLLM's base weights ({weights / GiB:.1f} GiB) exceed "
+                f"rollout.gpu_memory_utilization x {gpu_gb} GB")
+    verdict = "fits" if total <= gpu else "does not fit"
+    return f"{gpu_gb} GB GPU: peak ~{total / GiB:.1f} GiB, {verdict} (largest term: {name}, {biggest / GiB:.1f} GiB)"

@@ -47,7 +47,7 @@ def smoke_test(cfg: Config, model_path: str) -> list[tuple[str, str, str]]:
         return rows
     rows.append(("vLLM engine", "ok", f"{engine.dtype}, max_model_len {engine.max_model_len}, "
                                       f"max LoRA rank {engine.max_lora_rank} [{time.perf_counter() - t0:.1f}s]"))
-    grader = Grader()
+    grader = Grader(reward=scfg.reward)
     try:
         run_dir = attempt(rows, "training step", lambda: one_step(rows, scfg, engine, grader))
         if run_dir is not None:
@@ -103,11 +103,11 @@ def parity_adapter(run_dir: Path, tmp: Path) -> Path:
 def hot_swap_rollout(rows, cfg: Config, model_path: str, engine, adapter: Path):
     from transformers import AutoTokenizer
 
-    from intro_lite.data.problems import load_problems, render_prompt
+    from intro_lite.data.problems import encode_prompts, load_problems, render_prompt
 
     tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
     problems = load_problems(cfg.data)[:2]
-    prompts = [tok(render_prompt(cfg.data.prompt_template, p))["input_ids"] for p in problems]
+    _, prompts = encode_prompts(tok, [render_prompt(cfg.data.prompt_template, p) for p in problems], cfg.data.chat_template)
     t0 = time.perf_counter()
     engine.set_adapter(adapter)
     t_swap = time.perf_counter() - t0

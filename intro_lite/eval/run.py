@@ -14,7 +14,7 @@ from pathlib import Path
 from intro_lite.config import load_config
 from intro_lite.config.sources import PRESETS, get_spec
 from intro_lite.data.benchmarks import DEFAULT_DATA_DIR, load_benchmark
-from intro_lite.data.problems import Problem, render_prompt
+from intro_lite.data.problems import Problem, encode_prompts, render_prompt
 from intro_lite.errors import ConfigError, first_line
 from intro_lite.eval.report import SCHEMA
 from intro_lite.eval.score import score
@@ -37,10 +37,26 @@ class EvalSettings:
     maj: bool = False
     data_dir: str = str(DEFAULT_DATA_DIR)
     fields: dict[str, str] = field(default_factory=dict)  # field mapping for files / HF datasets
+    reward: str = "math"  # the grader's reward (a run's `reward` when its settings are the defaults)
+    samples: int | None = None  # samples per problem unless --samples/--k (a run's eval.samples)
+    settings_from: str = ""  # the run dir whose config gave these defaults, "" = the project's
+    chat_template: bool = False  # prompts as the user turn of the tokenizer's chat template (data.chat_template)
 
 
-def default_settings() -> EvalSettings:
-    """The project's [eval] and [data] defaults (intro_lite.toml; no chat template)."""
+def default_settings(runs: list = ()) -> EvalSettings:
+    """The project's [eval] and [data] defaults (intro_lite.toml; no chat template) — or, for `intro-lite
+    eval RUN_DIR` without --benchmarks, the first run's own: the benchmark it was evaluated on
+    (`[eval] source`), its limit, samples, sampling, prompt template and reward."""
+    from intro_lite.eval.targets import run_config
+
+    for run in runs:
+        rc = run_config(Path(run), warn=lambda message: None)
+        if rc is not None and rc.eval.source:
+            e = rc.eval
+            return EvalSettings(benchmarks=[e.source], temperature=e.temperature, top_p=e.top_p,
+                                max_new_tokens=e.max_new_tokens, seed=e.seed, prompt_template=rc.data.prompt_template,
+                                limit=e.limit, reward=rc.reward, samples=e.samples, settings_from=str(run),
+                                chat_template=rc.data.chat_template)
     cfg = load_config()
     return EvalSettings(benchmarks=list(PRESETS["paper"]), temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
                         max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.eval.seed,
@@ -84,6 +100,9 @@ def run(settings: EvalSettings, targets: list[Target], out: Path, *, console=Non
         if cfg and cfg.data.prompt_template != settings.prompt_template:
             _say(console, f"[yellow]warning:[/yellow] {t.run} was trained with prompt template "
                           f"{cfg.data.prompt_template!r}; evaluating with {settings.prompt_template!r}")
+        if cfg and cfg.data.chat_template != settings.chat_template:
+            _say(console, f"[yellow]warning:[/yellow] {t.run} was trained with data.chat_template = "
+                          f"{str(cfg.data.chat_template).lower()}; evaluating with {str(settings.chat_template).lower()}")
     for t in targets:  # a wrong base fails here in one line, before vLLM loads anything or a file is written
         if t.adapter:
             check_adapter_matches_base(t.adapter, t.model_path)
@@ -116,7 +135,7 @@ def run(settings: EvalSettings, targets: list[Target], out: Path, *, console=Non
                 (out / name).unlink(missing_ok=True)
 
     save()
-    with Grader(GRADER_TIMEOUT_S) as grader:
+    with Grader(GRADER_TIMEOUT_S, reward=settings.reward) as grader:
         for model_path, group in by_base.items():
             group.sort(key=lambda t: t.adapter is not None)  # the base row first
             prompts, ids, max_len = tokenized[model_path]
@@ -158,8 +177,9 @@ def _tokenize(model_path: str, settings: EvalSettings, problems: dict[str, list[
         tok = AutoTokenizer.from_pretrained(model_path)
     except (OSError, ValueError) as e:
         raise ConfigError(f"{model_path}: cannot load the tokenizer ({first_line(e)})") from None
-    prompts = {n: [render_prompt(settings.prompt_template, p) for p in ps] for n, ps in problems.items()}
-    ids = {n: [tok(x, add_special_tokens=True)["input_ids"] for x in xs] for n, xs in prompts.items()}
+    encoded = {n: encode_prompts(tok, [render_prompt(settings.prompt_template, p) for p in ps], settings.chat_template)
+               for n, ps in problems.items()}
+    prompts, ids = {n: e[0] for n, e in encoded.items()}, {n: e[1] for n, e in encoded.items()}
     longest = max(len(x) for xs in ids.values() for x in xs)
     limit = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
     if limit and longest >= limit:

@@ -22,7 +22,7 @@ import pkgutil
 
 from intro_lite.objectives.base import (BatchInfo, Needs, Objective, ObjectiveInputs, PassContext, Row, StepRollouts,
                                         available, config_kwargs, get_objective, make_rows, needs_of, register,
-                                        registered, rollout_rows, settings)
+                                        registered, rollout_rows, settings, token_capture)
 
 # Every other module of this package is an objective and registers itself on import: adding one is
 # adding its file (InTRO first, so its table leads the run config).
@@ -41,6 +41,7 @@ from intro_lite.objectives.repro import ReproConfig  # noqa: E402
 __all__ = [
     "BatchInfo", "Needs", "Objective", "ObjectiveInputs", "PassContext", "Row", "StepRollouts", "available",
     "config_kwargs", "get_objective", "make_rows", "needs_of", "register", "registered", "rollout_rows", "settings",
+    "token_capture",
     "IntroConfig", "GrpoConfig", "DrGrpoConfig", "RaftPPConfig", "ReinforceRejConfig", "LatroConfig", "IapoConfig",
     "ReproConfig",
 ]

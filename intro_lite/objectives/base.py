@@ -22,6 +22,7 @@ rationale ids from the rollout); ``mask`` ``[B, T]`` is 1 on the tokens that cou
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Protocol
@@ -64,7 +65,7 @@ class BatchInfo:
     """
 
     lengths: Tensor  # [N] number of loss tokens of each row (its ``mask`` sum; z tokens for LaTRO)
-    rewards: Tensor | None = None  # [N] graded reward of each row (1/0), float
+    rewards: Tensor | None = None  # [N] graded reward of each row (1/0 for math), float
     group_ids: Tensor | None = None  # [N] long, the prompt each row was sampled for
 
 
@@ -122,6 +123,7 @@ class StepRollouts:
     group_size: int
     rollouts: list | None = None  # [(problem index, sample with .token_ids)], G per prompt in order
     correct: list[bool] | None = None  # graded, one per rollout
+    rewards: list[float] | None = None  # the reward of each rollout (None: 1/0 from `correct`)
 
 
 @dataclass
@@ -136,10 +138,12 @@ class PassContext:
 
 
 def rollout_rows(step: StepRollouts, *, kept_only: bool) -> list[Row]:
-    """One row per rollout (its own token ids, EOS included), the correct ones only if ``kept_only``."""
+    """One row per rollout (its own token ids, EOS included), the correct ones only if ``kept_only``;
+    a row's reward is the graded reward (1/0 for math, the reward function's value otherwise)."""
     G = step.group_size
-    return [Row(i, j // G, step.x_ids[i], step.xy_ids[i], list(s.token_ids), len(s.token_ids), float(c))
-            for j, ((i, s), c) in enumerate(zip(step.rollouts, step.correct)) if c or not kept_only]
+    rewards = step.rewards if step.rewards is not None else [float(c) for c in step.correct]
+    return [Row(i, j // G, step.x_ids[i], step.xy_ids[i], list(s.token_ids), len(s.token_ids), float(r))
+            for j, ((i, s), c, r) in enumerate(zip(step.rollouts, step.correct, rewards)) if c or not kept_only]
 
 
 class Objective(Protocol):
@@ -183,6 +187,34 @@ def settings(objective: Objective, config: dict):
 def config_kwargs(section) -> dict:
     """A config section (the objective's dataclass) as `compute` keyword arguments ({} for None)."""
     return {} if section is None else {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+
+
+_token_sink: list | None = None
+
+
+@contextlib.contextmanager
+def token_capture(enabled: bool = True):
+    """While active, objectives record per-token values of the rows they train (``capture_tokens``):
+    yields a list with one {name: [values of each row]} per ``compute`` call, in row order. The loop
+    turns it on for sample steps only (samples.jsonl); off, it costs nothing."""
+    global _token_sink
+    _token_sink = [] if enabled else None
+    try:
+        yield _token_sink
+    finally:
+        _token_sink = None
+
+
+def capturing() -> bool:
+    return _token_sink is not None
+
+
+def capture_tokens(lengths: Tensor, **values: Tensor) -> None:
+    """Record flat per-token values (the mask tokens, row-major) split into rows of ``lengths``."""
+    if _token_sink is None:
+        return
+    sizes = [int(n) for n in lengths.tolist()]
+    _token_sink.append({k: [x.tolist() for x in v.detach().float().cpu().split(sizes)] for k, v in values.items()})
 
 
 _REGISTRY: dict[str, Objective] = {}

@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from intro_lite.bounds import bounded
-from intro_lite.objectives.base import Needs, ObjectiveInputs, register, settings
+from intro_lite.objectives.base import Needs, ObjectiveInputs, capture_tokens, capturing, register, settings
+from intro_lite.rewards import CORRECT_ABOVE
 
 DEFAULT_CHUNK_SIZE = 128  # positions per chunk of intro_loss_from_hidden (intro.logits_chunk_size)
-STAT_KEYS = ("w_mean", "w_gt1_frac", "w_clipped_frac", "entropy", "w_own_mean", "n_tokens")
+STAT_KEYS = ("w_mean", "w_gt1_frac", "w_clipped_frac", "entropy", "w_own_mean", "w_sq_mean", "n_tokens")
 
 
 @dataclass
@@ -124,6 +125,7 @@ def intro_loss(
         # Ratios in log space: no 0/0, and exp cannot overflow once capped at log C.
         own_log_ratio = logq.gather(1, own) - logp_sg.gather(1, own)
         w_own = own_log_ratio.clamp(max=log_clip).exp()
+        capture_tokens(lengths, w=w_own.squeeze(1), log_q_over_p=own_log_ratio.squeeze(1))
 
         if exact:
             log_ratio = logq - logp_sg
@@ -131,6 +133,7 @@ def intro_loss(
             w_mean = target.sum(dim=1).mean()
             w_gt1_frac = (p * (log_ratio.clamp(max=log_clip) > 0)).sum(dim=1).mean()
             w_clipped_frac = (p * (log_ratio > log_clip)).sum(dim=1).mean()
+            w_sq_mean = (target * log_ratio.clamp(max=log_clip).exp()).sum(dim=1).mean()  # E_p[w²] = Σ p·w·w
         else:
             candidates = own
             if n_candidates > 1:
@@ -141,6 +144,7 @@ def intro_loss(
             w_mean = w.mean()
             w_gt1_frac = (w > 1).to(dtype).mean()
             w_clipped_frac = (log_ratio > log_clip).to(dtype).mean()
+            w_sq_mean = (w * w).mean()
 
     if exact:
         per_token = (target * logp).sum(dim=1)
@@ -154,6 +158,7 @@ def intro_loss(
         "w_clipped_frac": w_clipped_frac.item(),
         "entropy": entropy.mean().item(),
         "w_own_mean": w_own.mean().item(),
+        "w_sq_mean": w_sq_mean.item(),  # with w_mean, the spread of w (the collapse alarm)
         "n_tokens": float(n_tokens),
     }
     return loss, stats
@@ -234,7 +239,10 @@ def intro_loss_from_hidden(
         u = draw_uniforms(n_tokens, n_candidates, generator, device=h.device, dtype=dtype)
     n = 0 if exact else n_candidates
     loss, sums = _ChunkedIntro.apply(h, hq, lm_head_weight, own, token_scale, u, n, math.log(clip_max), chunk_size)
-    # sums: Σw, Σ[w > 1], Σ[ratio > C], Σ entropy, Σ w_own over the mask tokens (float64)
+    if capturing():
+        r = _CAPTURED.pop("own_log_ratio")
+        capture_tokens(lengths, w=r.clamp(max=math.log(clip_max)).exp(), log_q_over_p=r)
+    # sums: Σw, Σ[w > 1], Σ[ratio > C], Σ entropy, Σ w_own, Σw² over the mask tokens (float64)
     n_cand = n_tokens if exact else n_tokens * n_candidates
     sums = sums.tolist()
     stats = {
@@ -243,6 +251,7 @@ def intro_loss_from_hidden(
         "w_clipped_frac": sums[2] / (n_tokens if exact else n_cand),
         "entropy": sums[3] / n_tokens,
         "w_own_mean": sums[4] / n_tokens,
+        "w_sq_mean": sums[5] / (n_tokens if exact else n_cand),
         "n_tokens": float(n_tokens),
     }
     return loss, stats
@@ -252,6 +261,9 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
     """Σ_v a[i, v]·b[i, v] per row. (Not a batched mat-vec: MKL's fp32 bmm of this shape summed
     152k terms to 2.5e-4 relative error, vecdot's reduction to 1.3e-7.)"""
     return torch.linalg.vecdot(a, b)
+
+
+_CAPTURED: dict[str, Tensor] = {}  # _ChunkedIntro.forward's per-token log q/p, while capturing()
 
 
 class _ChunkedIntro(torch.autograd.Function):
@@ -265,7 +277,8 @@ class _ChunkedIntro(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.promote_types(weight.dtype, torch.float32),
                              device=weight.device) if need_w else None
         loss = torch.zeros((), dtype=torch.float64, device=h.device)
-        sums = torch.zeros(5, dtype=torch.float64, device=h.device)
+        sums = torch.zeros(6, dtype=torch.float64, device=h.device)
+        own_ratios = [] if capturing() else None  # per-token log q/p for samples.jsonl, on sample steps only
         N = h.shape[0]
         # [C, V] buffers reused by every chunk: a fresh 16-80 MB output per product costs page faults
         # (bench: 29 -> 26 ms per [128, 512] x [512, 32000] product).
@@ -282,10 +295,13 @@ class _ChunkedIntro(torch.autograd.Function):
             sums[3] -= torch.dot(p.view(-1), logp.view(-1))  # entropy, a statistic: one flat dot, no [C, V] product
             own_log_ratio = logq.gather(1, own_c) - logp.gather(1, own_c)
             sums[4] += own_log_ratio.clamp(max=log_clip).exp().sum()
+            if own_ratios is not None:
+                own_ratios.append(own_log_ratio.squeeze(1))
             if n == 0:  # "all": t = min(q, C·p); loss −Σ t·log p; d/dlogits = −(t − Σt·p)
                 buf = logq - logp  # log ratio
                 sums[2] += _rowdot(p, (buf > log_clip).to(dtype)).sum()
                 sums[1] += _rowdot(p, (buf.clamp_(max=log_clip) > 0).to(dtype)).sum()
+                sums[5] += _rowdot(p, buf.mul(2).exp_()).sum()
                 torch.add(logp, log_clip, out=buf)
                 target = torch.minimum(logq, buf, out=buf).exp_()
                 total = target.sum(dim=1, keepdim=True)
@@ -300,6 +316,7 @@ class _ChunkedIntro(torch.autograd.Function):
                 sums[0] += w.sum()
                 sums[1] += (w > 1).sum()
                 sums[2] += (log_ratio > log_clip).sum()
+                sums[5] += (w * w).sum()
                 per_token = (w * logp.gather(1, cand)).mean(dim=1)
                 grad = p.mul_(-w.sum(dim=1, keepdim=True) / n).scatter_add_(1, cand, w / n)
             loss -= (per_token * scale_c).sum()
@@ -311,6 +328,8 @@ class _ChunkedIntro(torch.autograd.Function):
             if need_w:
                 grad_w.addmm_(grad.t().to(grad_w.dtype), hc.to(grad_w.dtype))
             del grad, p
+        if own_ratios is not None:
+            _CAPTURED["own_log_ratio"] = torch.cat(own_ratios)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         ctx.mark_non_differentiable(sums)
@@ -349,8 +368,8 @@ class InTRO:
             raise ValueError("intro needs posterior_logits (the answer-conditioned x ⊕ y ⊕ z pass)")
         mask = inputs.mask.bool()
         if inputs.rewards is not None:
-            # Only correct rationales are trained; a no-op when the loop already filtered them.
-            mask = mask & (inputs.rewards > 0).unsqueeze(1)
+            # Only correct rationales (reward > 0.5) are trained; a no-op when the loop already filtered them.
+            mask = mask & (inputs.rewards > CORRECT_ABOVE).unsqueeze(1)
         if hidden:
             return intro_loss_from_hidden(
                 inputs.policy_hidden,

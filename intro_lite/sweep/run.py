@@ -29,7 +29,7 @@ def run_sweep(sweep: Sweep, *, say: Callable[[str], None] = print, progress: boo
     # A copy for `--report DIR` and for the record; `recipe` inside stays relative to the original file.
     write_atomic(sweep.dir / "sweep.toml", sweep.file.read_text())
     write_atomic(sweep.dir / "sweep.json", json.dumps({"file": str(sweep.file)}) + "\n")
-    engine, engine_key, grader = None, None, Grader()
+    engine, engine_key, graders = None, None, {}  # one grader per `reward` the cells use
     jobs = ([("start", start_config(sweep))] if sweep.start is not None else []) + \
            [(c.name, cell_config(sweep, c)) for c in cells(sweep)]
     try:
@@ -53,7 +53,9 @@ def run_sweep(sweep: Sweep, *, say: Callable[[str], None] = print, progress: boo
             say(f"[{i + 1}/{len(jobs)}] {name}: {'resuming' if resume else 'running'}")
             t0 = time.time()
             try:
-                train(cfg, progress=progress, resume=resume, engine=engine, grader=grader)
+                if cfg.reward not in graders:
+                    graders[cfg.reward] = Grader(reward=cfg.reward)
+                train(cfg, progress=progress, resume=resume, engine=engine, grader=graders[cfg.reward])
             except Exception as e:  # one bad cell must not cost the others; KeyboardInterrupt still stops
                 _record_failure(run_dir, traceback.format_exc())
                 say(f"[{i + 1}/{len(jobs)}] {name}: FAILED: {type(e).__name__}: {first_line(e)}")
@@ -61,7 +63,8 @@ def run_sweep(sweep: Sweep, *, say: Callable[[str], None] = print, progress: boo
             write_atomic(run_dir / "DONE", json.dumps({"seconds": time.time() - t0}) + "\n")
             say(f"[{i + 1}/{len(jobs)}] {name}: done in {time.time() - t0:.0f} s")
     finally:
-        grader.close()
+        for grader in graders.values():
+            grader.close()
         if engine is not None:
             engine.close()
     return sweep.dir

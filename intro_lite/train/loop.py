@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from intro_lite.data.benchmarks import load_benchmark
 from intro_lite.config import Config, load_config, to_toml
-from intro_lite.data.problems import LoadReport, Problem, PromptSampler, load_problems, render_prompt
+from intro_lite.data.problems import LoadReport, Problem, PromptSampler, encode_prompts, load_problems, render_prompt
 from intro_lite.rollout.engine import RolloutEngine
 from intro_lite.tiny.assets import resolve_model_path
 from intro_lite.errors import ConfigError
@@ -26,11 +26,13 @@ from intro_lite.grading import Grader
 from intro_lite.io import append_jsonl, read_jsonl_log, write_atomic
 from intro_lite.objectives import StepRollouts, get_objective, make_rows, needs_of
 from intro_lite.policy import load_policy, resolve_device, resolve_dtype, save_adapter, trainable_parameters
+from intro_lite.rewards import problem_dict
 from intro_lite.train import faults
 from intro_lite.train.checkpoint import (clear_run_logs, latest_checkpoint, previous_rollout_tokens, restore_checkpoint,
                                          save_checkpoint)
 from intro_lite.train.metrics import Timer, make_progress, progress_info, step_record
 from intro_lite.train.passes import PassSetup
+from intro_lite.train.runlog import RunLog
 from intro_lite.train.step import train_step
 
 
@@ -42,7 +44,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
     the same base; they are left open. Otherwise both are made here and closed at the end."""
     run_dir, model_path = cfg.run_dir, resolve_model_path(cfg.model.name_or_path)
     own_engine, own_grader = engine is None, grader is None
-    grader = grader or Grader()
+    grader = grader or Grader(reward=cfg.reward)
     # Inputs checked before anything is written; then the run dir, and on --resume the checkpoint to trust.
     objective, okw, needs, data, warn, ckpt = open_run(cfg, model_path, grader, resume=resume)
     seed_everything(cfg.seed)
@@ -59,6 +61,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
     G, streak, last = cfg.rollout.group_size, 0, start
     bar = make_progress(progress)
     task = bar.add_task("train", total=cfg.train.steps, completed=start, info="")
+    runlog = RunLog(cfg, bar, tokenizer, problems, start)  # metrics.jsonl, trackers, samples.jsonl, alarms, plots
     with bar:
         for step in range(start + 1, cfg.train.steps + 1):
             timer = Timer()
@@ -67,12 +70,13 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
             rolled = None if needs.gold_solution else roll_out(cfg, engine, grader, problems, x_ids, idx, step, timer)
             # 4. the objective's rows: correct rollouts only, all, gold solutions, cut rationales ⊕ y
             rows = make_rows(objective, StepRollouts(idx, x_ids, xy_ids, tokenizer, problems, G, rolled and rolled.pairs,
-                                                     rolled and rolled.correct), **okw)
+                                                     rolled and rolled.correct, rolled and rolled.rewards), **okw)
             # 5-6. forward passes, loss, backward over micro-batches; one optimizer step on the LoRA weights
-            result = train_step(setup, optimizer, rows, micro_batch_size=cfg.train.micro_batch_size,
-                                max_grad_norm=cfg.train.max_grad_norm, generator_seed=cfg.seed * 7_919 + step * 1_000,
-                                step=step, nonfinite_streak=streak, max_nonfinite_steps=cfg.train.max_nonfinite_steps,
-                                timer=timer)
+            with runlog.capture(step) as tokens:  # on sample steps: the objective's per-token values (InTRO's w)
+                result = train_step(setup, optimizer, rows, micro_batch_size=cfg.train.micro_batch_size,
+                                    max_grad_norm=cfg.train.max_grad_norm, generator_seed=cfg.seed * 7_919 + step * 1_000,
+                                    step=step, nonfinite_streak=streak, max_nonfinite_steps=cfg.train.max_nonfinite_steps,
+                                    timer=timer)
             streak = result.nonfinite_streak
             scheduler.step()
             with timer("sync"):  # 7. push the new adapter to vLLM
@@ -81,7 +85,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
             rollout_tokens += sum(len(s.token_ids) for s in rolled.samples) if rolled else 0
             record = step_record(step, scheduler.get_last_lr()[0], rolled, result, rows, timer, version=version,
                                  rollout_tokens=rollout_tokens)
-            append_metrics(run_dir, step, record)
+            runlog.write(record, rolled, rows, tokens)
             last = step
             out_of_budget = 0 < cfg.train.max_rollout_tokens <= rollout_tokens
             final_step = step == cfg.train.steps or out_of_budget
@@ -99,6 +103,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
     after = run_eval(cfg, engine, grader, tokenizer, "after", last)
     if before and after:
         write_atomic(run_dir / "eval_summary.json", json.dumps({"before": before, "after": after}, indent=2))
+    runlog.close()
     if own_grader:
         grader.close()
     if own_engine:
@@ -127,11 +132,6 @@ def open_run(cfg: Config, model_path: str, grader: Grader, *, resume: bool):
     if resume and ckpt is None:
         clear_run_logs(cfg.run_dir)  # it died before its first (verifiable) checkpoint: start again from step 0
     return objective, okw, needs, data, warn, ckpt
-
-
-def append_metrics(run_dir: Path, step: int, record: dict) -> None:
-    faults.tear_append("metrics", step, run_dir / "metrics.jsonl", record)  # fault injection: a torn line
-    append_jsonl(run_dir / "metrics.jsonl", record)
 
 
 # Files a run writes into its directory; a fresh start under the same name removes the leftovers of
@@ -254,9 +254,9 @@ def make_engine(cfg: Config, model_path: str) -> RolloutEngine:
 def tokenize_problems(cfg: Config, tokenizer, problems: list[Problem]):
     """Token ids of x (question) and x⊕y (question + answer hint), once; rollouts reuse these ids
     and the rationale ids vLLM returns, so nothing is ever re-tokenised. Over-long prompts are dropped."""
-    # One batched call per template: the fast tokenizer encodes the whole dataset in parallel.
-    xs = tokenizer([render_prompt(cfg.data.prompt_template, p) for p in problems])["input_ids"]
-    xys = tokenizer([render_prompt(cfg.data.hint_template, p) for p in problems])["input_ids"]
+    chat = cfg.data.chat_template  # x and x ⊕ y as the user turn of the tokenizer's chat template
+    _, xs = encode_prompts(tokenizer, [render_prompt(cfg.data.prompt_template, p) for p in problems], chat)
+    _, xys = encode_prompts(tokenizer, [render_prompt(cfg.data.hint_template, p) for p in problems], chat)
     keep = [j for j, x in enumerate(xs) if len(x) <= cfg.data.max_prompt_tokens]
     kept, x_ids, xy_ids = [problems[j] for j in keep], [xs[j] for j in keep], [xys[j] for j in keep]
     if not kept:
@@ -303,7 +303,8 @@ def run_eval(cfg: Config, engine, grader, tokenizer, label: str, step: int) -> d
     if not cfg.eval.source:
         return None
     problems = load_benchmark(cfg.eval.source, limit=cfg.eval.limit)
-    ids = [tokenizer(render_prompt(cfg.data.prompt_template, p))["input_ids"] for p in problems]
+    _, ids = encode_prompts(tokenizer, [render_prompt(cfg.data.prompt_template, p) for p in problems],
+                            cfg.data.chat_template)  # rendered as in training
     s = score(engine, grader, problems, ids, k=cfg.eval.samples, temperature=cfg.eval.temperature,
               top_p=cfg.eval.top_p, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.eval.seed)
     result = {"accuracy": s.accuracy, "mean_length": s.mean_length, "n_problems": s.n_problems, "k": s.k, "counts": s.counts}
@@ -333,6 +334,10 @@ class Rollouts:
     def correct(self) -> list[bool]:
         return [g.correct for g in self.grades]
 
+    @property
+    def rewards(self) -> list[float]:
+        return [g.value for g in self.grades]
+
 
 def roll_out(cfg: Config, engine, grader, problems, x_ids: list[list[int]], idx: list[int], step: int, timer) -> Rollouts:
     """G rationales for each prompt `idx` with the current adapter, graded against the gold answers."""
@@ -343,7 +348,7 @@ def roll_out(cfg: Config, engine, grader, problems, x_ids: list[list[int]], idx:
                                  seed=rollout_seed(cfg.seed, step, len(prompts) * G), logprobs=False)
     pairs = [(i, s) for i, g in zip(idx, groups) for s in g]
     with timer("grading"):
-        grades = grader.grade([(problems[i].answer, s.text) for i, s in pairs])
+        grades = grader.grade([(problem_dict(problems[i]), s.text) for i, s in pairs])
     return Rollouts(pairs, grades, G)
 
 

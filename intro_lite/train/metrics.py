@@ -47,12 +47,15 @@ def step_record(step: int, lr: float, rollouts, result, rows, timer: Timer, *, v
             "max_length": max(lengths),
             "truncated_fraction": sum(s.finish_reason == "length" for s in samples) / len(samples),
             "grader_timeouts": sum(g.status == "timeout" for g in grades),
+            "reward_errors": sum(g.status == "error" for g in grades),  # a reward function raised (or math-verify crashed)
+            "rollout_reward_mean": sum(g.value for g in grades) / len(grades),
         }
     else:
         lengths = []
         rollout_keys = {"rollout_accuracy": None, "kept_fraction": len(rows) / max(len(set(r.prompt for r in rows)), 1),
                         "prompts_no_correct": None, "mean_length": None, "max_length": None,
-                        "truncated_fraction": None, "grader_timeouts": None}
+                        "truncated_fraction": None, "grader_timeouts": None,
+                        "reward_errors": None, "rollout_reward_mean": None}
     return {
         "step": step,
         "lr": lr,
@@ -76,6 +79,21 @@ def progress_info(record: dict) -> str:
 
 def make_progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.text import Text
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled)
+    class ProgressWithAlarms(Progress):
+        """The bar, and under it the step's alarms in yellow (train/alarms.py)."""
+
+        def __init__(self, *columns, **kw):
+            self.alarm_lines: list[str] = []
+            super().__init__(*columns, **kw)
+
+        def get_renderables(self):
+            yield self.make_tasks_table(self.tasks)
+            for line in self.alarm_lines:
+                yield Text(line, style="yellow")
+
+    bar = ProgressWithAlarms(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                             disable=not enabled)
+    return bar

@@ -1,0 +1,62 @@
+"""Quieter runs: the libraries' start-up chatter (vLLM's and bitsandbytes' notices, FutureWarnings,
+torch's C++ NUMA notice, the weight-loading bars) goes to <run>/stderr.log instead of the terminal,
+so the progress bar and its alarms stay readable. `intro-lite train --verbose` shows it all.
+
+It has to be the file descriptor, not just `sys.stderr`: the NUMA notice comes from C++."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+TAIL_LINES = 40  # shown when the command fails with something other than a one-line error
+
+
+@contextlib.contextmanager
+def hidden_stderr(enabled: bool = True, one_line_errors: tuple[type, ...] = ()):
+    """Send fd 2 (and `sys.stderr`) to a temporary log while active; yields its path. If the body
+    raises anything but `one_line_errors`, the log's last lines are printed first."""
+    if not enabled:
+        yield None
+        return
+    sys.stderr.flush()
+    log = tempfile.NamedTemporaryFile("w+", prefix="intro-lite-stderr-", suffix=".log", delete=False)
+    saved_fd, saved_stderr = os.dup(2), sys.stderr
+    os.dup2(log.fileno(), 2)
+    sys.stderr = log
+    try:
+        yield Path(log.name)
+    except BaseException as e:
+        if not isinstance(e, one_line_errors):
+            _restore(log, saved_fd, saved_stderr)
+            tail = Path(log.name).read_text(errors="replace").splitlines()[-TAIL_LINES:]
+            if tail:
+                print(f"--- last lines of the hidden library output ({log.name}) ---", *tail, "---", sep="\n",
+                      file=sys.stderr)
+        raise
+    finally:
+        _restore(log, saved_fd, saved_stderr)
+
+
+def _restore(log, saved_fd: int, saved_stderr) -> None:
+    if sys.stderr is saved_stderr:
+        return  # already restored
+    log.flush()
+    sys.stderr = saved_stderr
+    os.dup2(saved_fd, 2)
+    os.close(saved_fd)
+    log.close()
+
+
+def keep_log(log: Path | None, run_dir: Path) -> None:
+    """Move the hidden output into the run directory (stderr.log, appended on --resume)."""
+    if log is None or not log.exists():
+        return
+    if run_dir.is_dir():
+        with open(run_dir / "stderr.log", "a") as out, open(log) as src:
+            shutil.copyfileobj(src, out)
+    log.unlink()

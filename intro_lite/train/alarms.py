@@ -1,0 +1,59 @@
+"""Alarms: a run that trains but learns nothing says so. Each check reads only the step's metrics
+record (and the previous ones); thresholds are the `[alarms]` table. Shown under the progress bar
+with the fix to try, written into the record (`alarms`) and counted in the final summary."""
+
+from __future__ import annotations
+
+import math
+
+FIXES = {
+    "truncated": "raise rollout.max_new_tokens (and rollout.max_model_len), or lower rollout.temperature",
+    "no_correct": "use easier data (data.levels), a larger rollout.group_size, or check the answer format and "
+                  "`reward` (intro-lite probe)",
+    "grader_failures": "check the reward function (`reward`): it raises or takes longer than the grader's 5 s timeout",
+    "w_collapsed": "the hint does not change the teacher: check data.hint_template, run intro-lite probe",
+    "w_clipped": "the teacher and the policy drifted apart: lower train.lr or raise intro.clip_max",
+    "adapter_stale": "vLLM did not get the new adapter: see docs/engine.md (adapter hot-swap)",
+    "entropy_collapse": "the policy became deterministic: lower train.lr or raise rollout.temperature",
+}
+
+
+class Alarms:
+    def __init__(self, cfg, samples_per_step: int):
+        self.cfg, self.samples_per_step = cfg, samples_per_step
+        self.no_correct_streak, self.last_version = 0, None
+        self.counts: dict[str, int] = {}
+
+    def check(self, r: dict) -> list[tuple[str, str]]:
+        """(name, one-line message with the fix) for each alarm this step raises."""
+        if not self.cfg.enabled:
+            return []
+        c, out = self.cfg, []
+
+        def alarm(name: str, what: str) -> None:
+            self.counts[name] = self.counts.get(name, 0) + 1
+            out.append((name, f"step {r['step']}: {what} — {FIXES[name]}"))
+
+        if (t := r.get("truncated_fraction")) is not None and t > c.truncated_fraction:
+            alarm("truncated", f"{t:.0%} of rollouts hit rollout.max_new_tokens")
+        if r.get("rollout_accuracy") is not None:
+            self.no_correct_streak = self.no_correct_streak + 1 if r["rollout_accuracy"] == 0 else 0
+            if self.no_correct_streak >= c.no_correct_steps:
+                alarm("no_correct", f"no prompt had a correct rationale for {self.no_correct_streak} steps")
+        failed = (r.get("grader_timeouts") or 0) + (r.get("reward_errors") or 0)
+        if self.samples_per_step and failed / self.samples_per_step > c.grader_failures:
+            alarm("grader_failures", f"{failed} of {self.samples_per_step} gradings timed out or raised")
+        w, w2 = r.get("w_mean"), r.get("w_sq_mean")
+        if w is not None and w2 is not None and r.get("n_tokens"):
+            std = math.sqrt(max(w2 - w * w, 0.0))
+            if abs(w - 1) < 0.05 and std < c.w_std_min:
+                alarm("w_collapsed", f"InTRO's w collapsed to 1 (mean {w:.3f}, std {std:.1e})")
+        if (clipped := r.get("w_clipped_frac")) is not None and clipped > c.w_clipped_fraction:
+            alarm("w_clipped", f"{clipped:.0%} of InTRO's w clipped at intro.clip_max")
+        version = r.get("adapter_version")
+        if self.last_version is not None and version is not None and version <= self.last_version:
+            alarm("adapter_stale", f"adapter version stayed at {version}")
+        self.last_version = version
+        if (h := r.get("entropy")) is not None and r.get("n_tokens", 1) and h < c.entropy_min:
+            alarm("entropy_collapse", f"policy entropy {h:.3f} nats/token")
+        return out

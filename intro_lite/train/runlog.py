@@ -1,0 +1,55 @@
+"""What each step leaves behind besides checkpoints: metrics.jsonl, the trackers, samples.jsonl, the
+alarms under the progress bar; and the plots at the end of the run."""
+
+from __future__ import annotations
+
+import json
+
+from intro_lite.train import faults
+from intro_lite.io import append_jsonl, write_atomic
+from intro_lite.objectives import token_capture
+from intro_lite.train.alarms import Alarms
+from intro_lite.train.samples import is_sample_step, write_samples
+from intro_lite.train.trackers import Trackers
+
+
+def drop_samples_after(path, step: int) -> None:
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        write_atomic(path, "".join(line + "\n" for line in kept))
+
+
+class RunLog:
+    def __init__(self, cfg, bar, tokenizer, problems, start: int = 0):
+        self.cfg, self.bar, self.tokenizer, self.problems = cfg, bar, tokenizer, problems
+        drop_samples_after(cfg.run_dir / "samples.jsonl", start)  # a resume re-runs the steps after its checkpoint
+        self.trackers = Trackers(cfg, start)
+        self.alarms = Alarms(cfg.alarms, cfg.train.prompts_per_step * cfg.rollout.group_size)
+
+    def capture(self, step: int):
+        """Around train_step: the objective's per-token values (InTRO's w), on sample steps only."""
+        return token_capture(is_sample_step(self.cfg, step))
+
+    def write(self, record: dict, rolled, rows, captured: list | None) -> None:
+        raised = self.alarms.check(record)
+        record["alarms"] = [name for name, _ in raised]
+        faults.tear_append("metrics", record["step"], self.cfg.run_dir / "metrics.jsonl", record)  # fault injection
+        append_jsonl(self.cfg.run_dir / "metrics.jsonl", record)
+        self.trackers.log(record)
+        if captured is not None:
+            write_samples(self.cfg.run_dir / "samples.jsonl", record["step"], self.problems, self.tokenizer, rolled,
+                          rows, captured)
+        if hasattr(self.bar, "alarm_lines"):
+            self.bar.alarm_lines[:] = [message for _, message in raised]
+
+    def close(self) -> None:
+        self.trackers.close()
+        if self.cfg.log.plots:
+            from intro_lite.plots import plot_runs
+
+            try:
+                plot_runs([self.cfg.run_dir], self.cfg.run_dir / "plots")
+            except Exception as e:  # noqa: BLE001 - a figure must never cost the finished run
+                import logging
+
+                logging.getLogger(__name__).warning("plots not drawn: %s", e)
