@@ -28,7 +28,7 @@ def metrics(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tiny_default_assets, tmp_path):
+def test_sigkill_then_resume_matches_uninterrupted_run(tiny_demo_assets, tmp_path):
     full = run_cli(tmp_path, "full")
     assert full.returncode == 0, full.stderr[-2000:]
     # Killed after step 3 was logged: the step-2 checkpoint is the last complete one.
@@ -47,7 +47,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_default_assets, tmp_
     assert (tmp_path / "cut" / "final" / "adapter_model.safetensors").exists()
 
 
-def test_resume_refuses_a_different_config(tiny_default_assets, tmp_path):
+def test_resume_refuses_a_different_config(tiny_demo_assets, tmp_path):
     (tmp_path / "r" / "checkpoints").mkdir(parents=True)
     from intro_lite.config import load_config, to_toml
 

@@ -117,7 +117,7 @@ def test_vllm_logprobs_match_trainer_after_a_step(tiny_assets, tmp_path):
         engine.close()
 
 
-def test_tiny_recipe_end_to_end(tiny_default_assets, tmp_path):
+def test_tiny_recipe_end_to_end(tiny_demo_assets, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -150,13 +150,13 @@ def test_tiny_recipe_end_to_end(tiny_default_assets, tmp_path):
     assert state["step"] == 2
     summary = json.loads((run / "eval_summary.json").read_text())
     assert summary["before"]["n_problems"] == 6 and summary["after"]["n_problems"] == 6
-    base = AutoModelForCausalLM.from_pretrained(tiny_default_assets.model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_demo_assets.model_dir)
     model = PeftModel.from_pretrained(base, run / "final")
     assert any("lora_B" in n for n, _ in model.named_parameters())
 
 
 @pytest.mark.parametrize("objective", ["sft", "grpo", "dr_grpo", "raft++", "reinforce_rej", "gpg", "latro", "iapo", "repro"])
-def test_every_objective_runs_in_the_loop(tiny_default_assets, tmp_path, objective):
+def test_every_objective_runs_in_the_loop(tiny_demo_assets, tmp_path, objective):
     from intro_lite.objectives import get_objective
     from intro_lite.train import train
 

@@ -36,12 +36,20 @@ class TinyBuildConfig:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
 
     def fingerprint(self) -> str:
-        blob = json.dumps({"builder": BUILDER_VERSION, **asdict(self)}, sort_keys=True)
+        params = asdict(self)
+        if self.task.kind == "arith":  # the choice keys came later: arith caches keep their hash
+            for key in ("kind", "wrong_rate", "reveal"):
+                del params["task"][key]
+        blob = json.dumps({"builder": BUILDER_VERSION, **params}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 PRESETS: dict[str, TinyBuildConfig] = {
-    "default": TinyBuildConfig(),
+    "default": TinyBuildConfig(),  # multi-step arithmetic: the dial's "no signal" end
+    # The choice task (intro_lite.tiny.choice) at both ends of its dial: the answer y names the
+    # branch (choice) or says nothing about it (choice_blind). 1000 test problems: SE ~1.4 points.
+    "choice": TinyBuildConfig(task=TaskConfig(kind="choice", reveal=1.0, n_test=1000)),
+    "choice_blind": TinyBuildConfig(task=TaskConfig(kind="choice", reveal=0.0, n_test=1000)),
     # For the test-suite: same architecture family and file layout, near-zero accuracy.
     # Kept to a handful of optimiser steps because on a shared 2-core box a 2-thread
     # torch step can run ~10x slower while another process holds a core.

@@ -51,6 +51,13 @@ class TaskConfig:
     max_value: int = 499  # no intermediate result may exceed this
     max_mul_input: int = 49  # only multiply values up to this (2-digit x 1-digit)
     max_multiplier: int = 9  # multipliers drawn from 2..max_multiplier
+    # "arith": the multi-step arithmetic above (the dial's "no signal" end: docs/tiny.md);
+    # "choice": intro_lite.tiny.choice, a branch decision the warm-up leaves uncertain, where
+    # wrong_rate is the warm-up demos' wrong-branch rate and reveal (the dial) the share of
+    # problems whose answer y shows the branch.
+    kind: str = "arith"
+    wrong_rate: float = 0.5
+    reveal: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -156,6 +163,12 @@ def generate_records(cfg: TaskConfig) -> dict[str, list[dict[str, str]]]:
     The test split is drawn first and its problem texts are excluded from train, so
     changing ``n_train`` never changes the test split.
     """
+    if cfg.kind == "choice":
+        from intro_lite.tiny.choice import generate_choice_records
+
+        return generate_choice_records(cfg)
+    if cfg.kind != "arith":
+        raise ValueError(f"unknown task kind {cfg.kind!r}; choose arith or choice")
     rng = random.Random(cfg.seed)
     out: dict[str, list[dict[str, str]]] = {"test": [], "train": []}
     seen: set[str] = set()
@@ -200,8 +213,9 @@ def warmup_examples(
     Within each style, exactly ``round(hint_fraction * n_style)`` records (a seeded random
     choice) get the answer-hint prompt ``format_hint_prompt(problem, answer)``; the rest
     keep the plain prompt. Stratifying by style keeps both groups at the records' style mix
-    (~50/50), so the hint never predicts the style. The target is always the record's own
-    solution; only it (plus eos) is trained on.
+    (~50/50), so the hint never predicts the style. The target is the record's own solution,
+    or its ``warmup_solution`` if it has one (the choice task's demo, whose hint shows the
+    demo's own ``warmup_answer``); only it (plus eos) is trained on.
     """
     if not 0.0 <= hint_fraction <= 1.0:
         raise ValueError(f"hint_fraction must be in [0, 1], got {hint_fraction}")
@@ -212,8 +226,10 @@ def warmup_examples(
         hinted.update(rng.sample(idx, round(hint_fraction * len(idx))))
     return [
         {
-            "prompt": format_hint_prompt(r["problem"], str(r["answer"])) if i in hinted else format_prompt(r["problem"]),
-            "solution": r["solution"],
+            "prompt": format_hint_prompt(r["problem"], str(r.get("warmup_answer", r["answer"])))
+            if i in hinted
+            else format_prompt(r["problem"]),
+            "solution": r.get("warmup_solution", r["solution"]),
             "hinted": i in hinted,
             "style": r.get("style"),
         }
