@@ -14,6 +14,14 @@ import tempfile
 from pathlib import Path
 
 TAIL_LINES = 40  # shown when the command fails with something other than a one-line error
+_TERMINAL = None  # the real stderr while it is hidden: the run's own warnings still go there
+
+
+def warning_console():
+    """A rich Console on the terminal's stderr, also while the libraries' stderr is hidden."""
+    from rich.console import Console
+
+    return Console(file=_TERMINAL) if _TERMINAL is not None else Console(stderr=True)
 
 
 @contextlib.contextmanager
@@ -25,7 +33,9 @@ def hidden_stderr(enabled: bool = True, one_line_errors: tuple[type, ...] = ()):
         return
     sys.stderr.flush()
     log = tempfile.NamedTemporaryFile("w+", prefix="intro-lite-stderr-", suffix=".log", delete=False)
+    global _TERMINAL
     saved_fd, saved_stderr = os.dup(2), sys.stderr
+    _TERMINAL = os.fdopen(os.dup(saved_fd), "w", buffering=1)
     os.dup2(log.fileno(), 2)
     sys.stderr = log
     try:
@@ -43,8 +53,12 @@ def hidden_stderr(enabled: bool = True, one_line_errors: tuple[type, ...] = ()):
 
 
 def _restore(log, saved_fd: int, saved_stderr) -> None:
+    global _TERMINAL
     if sys.stderr is saved_stderr:
         return  # already restored
+    if _TERMINAL is not None:
+        _TERMINAL.close()
+        _TERMINAL = None
     log.flush()
     sys.stderr = saved_stderr
     os.dup2(saved_fd, 2)

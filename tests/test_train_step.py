@@ -44,7 +44,8 @@ def test_sft_rolls_nothing_out(tiny_assets, tmp_path):
     assert [r["step"] for r in lines] == [1, 2]
     for r in lines:
         assert r["rollout_accuracy"] is None and r["mean_length"] is None and r["rollout_tokens_total"] == 0
-        assert r["kept_fraction"] == 1.0 and r["n_tokens"] > 0 and r["loss"] == r["nll"] > 0
+        assert r["kept_fraction"] == 1.0 and r["n_tokens"] > 0 and r["nll"] > 0
+        assert r["loss"] == pytest.approx(r["nll"], rel=1e-6)  # sum / n vs a mean: fp32 rounding
 
 
 @pytest.fixture(scope="module")

@@ -172,9 +172,9 @@ class Notes:
 
     def __call__(self, msg: str) -> None:
         if msg:
-            from rich.console import Console
+            from intro_lite.quiet import warning_console
 
-            Console(stderr=True).print(f"[yellow]warning:[/yellow] {escape(msg)}", soft_wrap=True, highlight=False)
+            warning_console().print(f"[yellow]warning:[/yellow] {escape(msg)}", soft_wrap=True, highlight=False)
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(msg + "\n")
 
