@@ -86,6 +86,13 @@ class TaskConfig:
     max_value: int = 499  # no intermediate result may exceed this
     max_mul_input: int = 49  # only multiply values up to this (2-digit x 1-digit)
     max_multiplier: int = 9  # multipliers drawn from 2..max_multiplier
+    # "arith": the multi-step arithmetic above (the dial's "no signal" end: docs/tiny.md);
+    # "choice": intro_lite.tiny_choice, a branch decision the warm-up leaves uncertain, where
+    # wrong_rate is the warm-up demos' wrong-branch rate and reveal (the dial) the share of
+    # problems whose answer y shows the branch.
+    kind: str = "arith"
+    wrong_rate: float = 0.5
+    reveal: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -191,6 +198,12 @@ def generate_records(cfg: TaskConfig) -> dict[str, list[dict[str, str]]]:
     The test split is drawn first and its problem texts are excluded from train, so
     changing ``n_train`` never changes the test split.
     """
+    if cfg.kind == "choice":
+        from intro_lite.tiny_choice import generate_choice_records
+
+        return generate_choice_records(cfg)
+    if cfg.kind != "arith":
+        raise ValueError(f"unknown task kind {cfg.kind!r}; choose arith or choice")
     rng = random.Random(cfg.seed)
     out: dict[str, list[dict[str, str]]] = {"test": [], "train": []}
     seen: set[str] = set()
@@ -240,8 +253,9 @@ def warmup_examples(
     Within each style, exactly ``round(hint_fraction * n_style)`` records (a seeded random
     choice) get the answer-hint prompt ``format_hint_prompt(problem, answer)``; the rest
     keep the plain prompt. Stratifying by style keeps both groups at the records' style mix
-    (~50/50), so the hint never predicts the style. The target is always the record's own
-    solution; only it (plus eos) is trained on.
+    (~50/50), so the hint never predicts the style. The target is the record's own solution,
+    or its ``warmup_solution`` if it has one (the choice task's demo, whose hint shows the
+    demo's own ``warmup_answer``); only it (plus eos) is trained on.
     """
     if not 0.0 <= hint_fraction <= 1.0:
         raise ValueError(f"hint_fraction must be in [0, 1], got {hint_fraction}")
@@ -252,8 +266,10 @@ def warmup_examples(
         hinted.update(rng.sample(idx, round(hint_fraction * len(idx))))
     return [
         {
-            "prompt": format_hint_prompt(r["problem"], str(r["answer"])) if i in hinted else format_prompt(r["problem"]),
-            "solution": r["solution"],
+            "prompt": format_hint_prompt(r["problem"], str(r.get("warmup_answer", r["answer"])))
+            if i in hinted
+            else format_prompt(r["problem"]),
+            "solution": r.get("warmup_solution", r["solution"]),
             "hinted": i in hinted,
             "style": r.get("style"),
         }
@@ -588,12 +604,20 @@ class TinyBuildConfig:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
 
     def fingerprint(self) -> str:
-        blob = json.dumps({"builder": BUILDER_VERSION, **asdict(self)}, sort_keys=True)
+        params = asdict(self)
+        if self.task.kind == "arith":  # the choice keys came later: arith caches keep their hash
+            for key in ("kind", "wrong_rate", "reveal"):
+                del params["task"][key]
+        blob = json.dumps({"builder": BUILDER_VERSION, **params}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 PRESETS: dict[str, TinyBuildConfig] = {
-    "default": TinyBuildConfig(),
+    "default": TinyBuildConfig(),  # multi-step arithmetic: the dial's "no signal" end
+    # The choice task (intro_lite.tiny_choice) at both ends of its dial: the answer y names the
+    # branch (choice) or says nothing about it (choice_blind). 1000 test problems: SE ~1.4 points.
+    "choice": TinyBuildConfig(task=TaskConfig(kind="choice", reveal=1.0, n_test=1000)),
+    "choice_blind": TinyBuildConfig(task=TaskConfig(kind="choice", reveal=0.0, n_test=1000)),
     # For the test-suite: same architecture family and file layout, near-zero accuracy.
     # Kept to a handful of optimiser steps because on a shared 2-core box a 2-thread
     # torch step can run ~10x slower while another process holds a core.
