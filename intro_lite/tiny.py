@@ -6,7 +6,8 @@ InTRO has correct rationales to keep and something left to learn.  Nothing may b
 downloaded, so everything here is made from scratch and cached on disk:
 
 1. ``generate_records`` writes a MATH-like multi-step arithmetic task whose solutions come
-   in a *concise* and a *verbose* style (same reasoning, very different length).
+   in a *concise* and a *verbose* style (same reasoning, very different length), or, with
+   ``TaskConfig.kind = "choice"``, the branch-choice task of ``intro_lite.tiny_choice``.
 2. ``build_tokenizer`` trains a small byte-level BPE on the task text.
 3. ``build_tiny_model`` makes a randomly initialised ``Qwen2ForCausalLM`` (head_dim 64).
 4. ``sft_warmup`` fine-tunes it on a 50/50 mix of both styles. A fraction of the warm-up
