@@ -28,6 +28,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from intro_lite.tiny.splits import unique_splits
+
 VARS = ("a", "b")
 
 
@@ -49,41 +51,35 @@ def generate_choice_records(cfg: Any) -> dict[str, list[dict[str, str]]]:
     if not 0.0 <= cfg.wrong_rate <= 1.0 or not 0.0 <= cfg.reveal <= 1.0:
         raise ValueError(f"wrong_rate and reveal must be in [0, 1], got {cfg.wrong_rate}, {cfg.reveal}")
     rng = random.Random(f"tiny-choice-{cfg.seed}")
-    out: dict[str, list[dict[str, str]]] = {"test": [], "train": []}
-    seen: set[str] = set()
-    for split, n in (("test", cfg.n_test), ("train", cfg.n_train)):
-        attempts = 0
-        while len(out[split]) < n:
-            attempts += 1
-            if attempts > 50 * n + 1000:
-                raise RuntimeError(f"task space too small for {n} unique {split} problems")
-            separated = rng.random() < cfg.reveal
-            asked_value, other_value, k = sample_values(rng, separated)
-            asked = rng.choice(VARS)  # which variable the question asks about
-            other = VARS[1 - VARS.index(asked)]
-            values = {asked: asked_value, other: other_value}
-            problem = f"Let a = {values['a']} and b = {values['b']}. What is {asked} + {k}?"
-            if problem in seen:
-                continue
-            seen.add(problem)
+
+    def draw():
+        separated = rng.random() < cfg.reveal
+        asked_value, other_value, k = sample_values(rng, separated)
+        asked = rng.choice(VARS)  # which variable the question asks about
+        other = VARS[1 - VARS.index(asked)]
+        values = {asked: asked_value, other: other_value}
+        problem = f"Let a = {values['a']} and b = {values['b']}. What is {asked} + {k}?"
+
+        def make(split: str, index: int) -> dict[str, str]:
             wrong = rng.random() < cfg.wrong_rate  # the warm-up demo's branch, independent of the problem
             demo_var = other if wrong else asked
-            out[split].append(
-                {
-                    "problem": problem,
-                    "solution": format_solution(asked, asked_value, k),
-                    "answer": str(asked_value + k),
-                    "level": "Level 1",
-                    "unique_id": f"tiny/{split}/{len(out[split])}",
-                    # "style" is the warm-up demo's branch: warmup_examples stratifies the hinted
-                    # records by it, so being hinted never predicts the branch.
-                    "style": "wrong" if wrong else "right",
-                    "regime": "separated" if separated else "same",
-                    "warmup_solution": format_solution(demo_var, values[demo_var], k),
-                    "warmup_answer": str(values[demo_var] + k),
-                }
-            )
-    return out
+            return {
+                "problem": problem,
+                "solution": format_solution(asked, asked_value, k),
+                "answer": str(asked_value + k),
+                "level": "Level 1",
+                "unique_id": f"tiny/{split}/{index}",
+                # "style" is the warm-up demo's branch: warmup_examples stratifies the hinted
+                # records by it, so being hinted never predicts the branch.
+                "style": "wrong" if wrong else "right",
+                "regime": "separated" if separated else "same",
+                "warmup_solution": format_solution(demo_var, values[demo_var], k),
+                "warmup_answer": str(values[demo_var] + k),
+            }
+
+        return problem, make
+
+    return unique_splits(draw, n_test=cfg.n_test, n_train=cfg.n_train)
 
 
 def branch_of(problem: str, rationale: str) -> str | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from intro_lite.config.schema import DataConfig
+from intro_lite.tiny.splits import unique_splits
 
 # The trainer's default templates, taken from its config so the two can never drift apart:
 # x (no chat template) and x ⊕ y (the answer-hint prompt InTRO's teacher reads).
@@ -170,24 +171,14 @@ def generate_records(cfg: TaskConfig) -> dict[str, list[dict[str, str]]]:
     if cfg.kind != "arith":
         raise ValueError(f"unknown task kind {cfg.kind!r}; choose arith or choice")
     rng = random.Random(cfg.seed)
-    out: dict[str, list[dict[str, str]]] = {"test": [], "train": []}
-    seen: set[str] = set()
-    for split, n in (("test", cfg.n_test), ("train", cfg.n_train)):
-        attempts = 0
-        while len(out[split]) < n:
-            attempts += 1
-            if attempts > 50 * n + 1000:
-                raise RuntimeError(f"task space too small for {n} unique {split} problems")
-            p = sample_problem(rng, cfg)
-            text = format_problem(p)
-            if text in seen:  # unique within a split too: duplicates would only skew accuracy
-                continue
-            seen.add(text)
-            # A fair coin per record: both splits are ~50/50 concise/verbose, and the
-            # style is independent of the problem.
-            style = "concise" if rng.random() < 0.5 else "verbose"
-            out[split].append(make_record(p, style, split, len(out[split])))
-    return out
+
+    def draw():
+        p = sample_problem(rng, cfg)
+        # A fair coin per record, drawn only for a new problem: both splits are ~50/50 concise/verbose,
+        # and the style is independent of the problem.
+        return format_problem(p), lambda split, i: make_record(p, "concise" if rng.random() < 0.5 else "verbose", split, i)
+
+    return unique_splits(draw, n_test=cfg.n_test, n_train=cfg.n_train)
 
 
 def write_jsonl(records: Iterable[dict[str, Any]], path: Path) -> None:
