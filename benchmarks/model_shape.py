@@ -87,7 +87,12 @@ def write_model(arch: dict, dtype, out: Path) -> int:
             "intermediate_size", "tie_word_embeddings", "max_position_embeddings", "head_dim")
     config = Qwen2Config(**{k: arch[k] for k in keys if k in arch}, **QWEN25_EXTRA, pad_token_id=0, eos_token_id=1)
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config).to(dtype)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in `dtype` directly: a 7B model in fp32 first would need 30 GB of RAM
+    try:
+        model = Qwen2ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(prev)
     n_params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(str(out), safe_serialization=True)
     del model
