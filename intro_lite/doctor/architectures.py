@@ -6,6 +6,9 @@ downloaded or loaded on this machine. Only the keys `doctor.memory.estimate_memo
 from __future__ import annotations
 
 ARCHITECTURES: dict[str, dict] = {
+    "Qwen/Qwen2.5-0.5B": dict(model_type="qwen2", vocab_size=151936, hidden_size=896, num_hidden_layers=24,
+                              num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864,
+                              tie_word_embeddings=True, max_position_embeddings=32768),
     "Qwen/Qwen2.5-1.5B": dict(model_type="qwen2", vocab_size=151936, hidden_size=1536, num_hidden_layers=28,
                               num_attention_heads=12, num_key_value_heads=2, intermediate_size=8960,
                               tie_word_embeddings=True, max_position_embeddings=131072),
