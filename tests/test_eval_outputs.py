@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 from intro_lite.cli import app
 
 
-def test_missing_base_model_writes_nothing_and_a_rerun_works(tmp_path, tiny_assets):
+def test_missing_base_model_is_one_line_and_writes_nothing(tmp_path, tiny_assets):
     out = tmp_path / "out"
     bad = CliRunner().invoke(app, ["eval", "--model", str(tmp_path / "no-such-model"), "--benchmarks", "tiny-test",
                                    "--out", str(out)], env={"COLUMNS": "300"})
