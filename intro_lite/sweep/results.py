@@ -166,6 +166,19 @@ def _print_table(console, sweep: Sweep, rows: list[dict], start_acc: float | Non
     console.print(t)
 
 
+def rollouts_per_step(sweep: Sweep, results: list[CellResult]) -> int | None:
+    """prompts_per_step × group_size if every finished cell's saved config agrees, else None."""
+    import tomllib
+
+    seen = set()
+    for r in results:
+        path = sweep.dir / "cells" / r.name / "config.toml"
+        if r.status == "done" and path.is_file():
+            cfg = tomllib.loads(path.read_text())
+            seen.add(cfg["train"]["prompts_per_step"] * cfg["rollout"]["group_size"])
+    return seen.pop() if len(seen) == 1 else None
+
+
 def plot(sweep: Sweep, results: list[CellResult], start_acc, start_len) -> list[tuple[str, str]]:
     """accuracy_vs_step.png and length_vs_step.png (mean over seeds, band = min..max), and for each
     numeric grid key other than seed, accuracy_vs_<key>.png. Returns (title, file name) pairs."""
@@ -195,6 +208,9 @@ def plot(sweep: Sweep, results: list[CellResult], start_acc, start_len) -> list[
             plt.close(fig)
             continue
         ax.set_xlabel("training step")
+        if per_step := rollouts_per_step(sweep, results):  # the same for every cell: a second x axis
+            top = ax.secondary_xaxis("top", functions=(lambda s, k=per_step: s * k, lambda r, k=per_step: r / k))
+            top.set_xlabel(f"rollouts ({per_step} per step; SFT trains on as many gold solutions)")
         ax.set_ylabel("accuracy (%)" if key == "accuracy" else "mean rationale length (tokens)")
         ax.set_title(f"{title} ({sweep.name})")
         ax.grid(alpha=0.3)

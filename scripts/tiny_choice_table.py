@@ -1,0 +1,62 @@
+"""Where a built tiny-choice model stands after its warm-up: accuracy, right-branch rate and
+arithmetic given the right branch, with plain x and with x ⊕ y, greedy and at T = 1 (HF generate).
+
+    python scripts/tiny_choice_table.py tiny-choice [--n 500]
+
+Prints the markdown table docs/tiny.md quotes. A sanity tool for the task's design, not an eval:
+the trainer's held-out score is `intro-lite eval`."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from intro_lite.grading import extract_boxed
+from intro_lite.io import read_jsonl
+from intro_lite.tiny import format_hint_prompt, format_prompt, tiny_assets
+from intro_lite.tiny.choice import branch_of
+
+
+def table_row(model, tok, records, *, hinted: bool, greedy: bool, seed: int = 0) -> tuple[float, float, float]:
+    torch.manual_seed(seed)
+    tok.padding_side = "left"
+    acc = right = right_ok = 0
+    for start in range(0, len(records), 100):
+        chunk = records[start:start + 100]
+        prompts = [format_hint_prompt(r["problem"], r["answer"]) if hinted else format_prompt(r["problem"]) for r in chunk]
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            gen = model.generate(**enc, max_new_tokens=48, do_sample=not greedy, temperature=None if greedy else 1.0,
+                                 top_k=None if greedy else 0, top_p=None if greedy else 1.0,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        for r, row in zip(chunk, gen[:, enc["input_ids"].shape[1]:].tolist()):
+            text = tok.decode(row, skip_special_tokens=True)
+            ok, branch = extract_boxed(text) == r["answer"], branch_of(r["problem"], text)
+            acc, right, right_ok = acc + ok, right + (branch == "right"), right_ok + (ok and branch == "right")
+    n = len(records)
+    return acc / n, right / n, right_ok / max(right, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("preset", help="tiny-choice or tiny-choice_blind")
+    ap.add_argument("--n", type=int, default=500, help="first N test problems")
+    args = ap.parse_args()
+    assets = tiny_assets(args.preset)
+    if assets is None:
+        raise SystemExit(f"{args.preset}: not a tiny preset name (tiny-choice, tiny-choice_blind)")
+    tok = AutoTokenizer.from_pretrained(assets.model_dir)
+    model = AutoModelForCausalLM.from_pretrained(assets.model_dir, dtype=torch.float32).eval()
+    records = read_jsonl(assets.test_file)[: args.n]
+    print(f"{args.preset}, first {len(records)} test problems\n")
+    print("| prompt | decoding | accuracy | right branch | arith given right branch |\n|---|---|---|---|---|")
+    for hinted in (False, True):
+        for greedy in (True, False):
+            a, r, g = table_row(model, tok, records, hinted=hinted, greedy=greedy)
+            print(f"| {'x⊕y' if hinted else 'x'} | {'greedy' if greedy else 'T = 1'} | {a:.1%} | {r:.1%} | {g:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
