@@ -35,6 +35,30 @@ def test_each_alarm_fires_on_its_metric_and_not_on_a_healthy_step():
     assert "rollout.max_new_tokens" in message and "—" in message  # what happened, then the fix
 
 
+def test_accuracy_drop_fires_on_a_falling_rolling_mean_not_on_one_bad_batch():
+    a = Alarms(AlarmsConfig(accuracy_window=3, accuracy_drop=0.5), samples_per_step=16)
+    fired = [[n for n, _ in a.check(record(i + 1, rollout_accuracy=acc))]
+             for i, acc in enumerate([0.3, 0.3, 0.3, 0.0, 0.3, 0.3, 0.1, 0.1, 0.05, 0.05])]
+    # one empty batch (step 4) moves the 3-step mean to 0.2, not below 0.5 x 0.3; the slide does from step 9 (0.083)
+    assert [i + 1 for i, f in enumerate(fired) if "accuracy_drop" in f] == [9, 10]
+    quiet = Alarms(AlarmsConfig(accuracy_drop=0.0), 16)  # 0 turns it off
+    assert not any(quiet.check(record(i + 1, rollout_accuracy=acc)) for i, acc in enumerate([0.5] * 5 + [0.01] * 5))
+
+
+def test_alarm_state_is_replayed_on_resume(tmp_path):
+    from intro_lite.train.runlog import RunLog
+
+    cfg = load_config(None, [f'output_dir="{tmp_path}"', 'name="r"', "alarms.accuracy_window=2"])
+    cfg.run_dir.mkdir(parents=True)
+    lines = [json.dumps(record(i + 1, rollout_accuracy=0.4)) for i in range(4)]
+    (cfg.run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    log = RunLog(cfg, bar=None, tokenizer=None, problems=[], start=4)
+    assert log.alarms.best_window == pytest.approx(0.4)  # so step 5's collapse is judged against steps 1-4
+    assert [n for n, _ in log.alarms.check(record(5, rollout_accuracy=0.0))] == []  # mean (0.4 + 0) / 2 = 0.2, not < 0.2
+    assert [n for n, _ in log.alarms.check(record(6, rollout_accuracy=0.0))] == ["accuracy_drop"]
+    log.close()
+
+
 def test_alarm_thresholds_are_ranged_config_keys():
     assert load_config(None, ["alarms.truncated_fraction=0.8"]).alarms.truncated_fraction == 0.8
     with pytest.raises(ConfigError, match=r"'alarms.truncated_fraction' must be in \[0, 1\]"):

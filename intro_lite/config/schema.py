@@ -120,6 +120,8 @@ class AlarmsConfig:
     w_std_min: float = bounded(1e-3, ge=0)  # InTRO: std of w below this (with w_mean ≈ 1) = q ≈ p, no signal
     w_clipped_fraction: float = bounded(0.5, ge=0.0, le=1.0)  # InTRO: share of w clipped at intro.clip_max
     entropy_min: float = bounded(0.01, ge=0)  # policy entropy (nats/token) below this = collapse (the tiny task runs at 0.03-0.12)
+    accuracy_window: int = bounded(5, ge=1)  # steps in the rolling mean of rollout accuracy
+    accuracy_drop: float = bounded(0.5, ge=0.0, le=1.0)  # rolling mean below this share of its best so far = getting worse
 
 
 @dataclass

@@ -15,6 +15,10 @@ FIXES = {
     "w_clipped": "the teacher and the policy drifted apart: lower train.lr or raise intro.clip_max",
     "adapter_stale": "vLLM did not get the new adapter: see docs/engine.md (adapter hot-swap)",
     "entropy_collapse": "the policy became deterministic: lower train.lr or raise rollout.temperature",
+    # Seen on the tiny choice task: one InTRO seed of five went from 30% to 2% held-out in 13 steps, its
+    # answer-conditioned teacher (the same adapter) collapsing with it; nothing else fired.
+    "accuracy_drop": "training is making the policy worse: lower train.lr; for InTRO check the teacher of a recent "
+                     "checkpoint with `intro-lite probe RECIPE --adapter RUN/checkpoints/step-N/adapter`",
 }
 
 
@@ -22,6 +26,8 @@ class Alarms:
     def __init__(self, cfg, samples_per_step: int):
         self.cfg, self.samples_per_step = cfg, samples_per_step
         self.no_correct_streak, self.last_version = 0, None
+        self.accuracies: list[float] = []
+        self.best_window: float | None = None
         self.counts: dict[str, int] = {}
 
     def check(self, r: dict) -> list[tuple[str, str]]:
@@ -56,4 +62,13 @@ class Alarms:
         self.last_version = version
         if (h := r.get("entropy")) is not None and r.get("n_tokens", 1) and h < c.entropy_min:
             alarm("entropy_collapse", f"policy entropy {h:.3f} nats/token")
+        if (acc := r.get("rollout_accuracy")) is not None:
+            self.accuracies.append(acc)
+            if len(self.accuracies) >= c.accuracy_window:
+                now = sum(self.accuracies[-c.accuracy_window:]) / c.accuracy_window
+                best = self.best_window
+                if best and now < c.accuracy_drop * best:
+                    alarm("accuracy_drop", f"rollout accuracy over the last {c.accuracy_window} steps is {now:.2f}, "
+                                           f"below {c.accuracy_drop:g} x its best {best:.2f}")
+                self.best_window = max(best or 0.0, now)
         return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from intro_lite.train import faults
-from intro_lite.io import append_jsonl, write_atomic
+from intro_lite.io import append_jsonl, read_jsonl_log, write_atomic
 from intro_lite.objectives import token_capture
 from intro_lite.train.alarms import Alarms
 from intro_lite.train.samples import is_sample_step, write_samples
@@ -25,6 +25,8 @@ class RunLog:
         drop_samples_after(cfg.run_dir / "samples.jsonl", start)  # a resume re-runs the steps after its checkpoint
         self.trackers = Trackers(cfg, start)
         self.alarms = Alarms(cfg.alarms, cfg.train.prompts_per_step * cfg.rollout.group_size)
+        for r in read_jsonl_log(cfg.run_dir / "metrics.jsonl")[0] if start else []:
+            self.alarms.check(r)  # a resume replays the steps it keeps: streaks and rolling means as if never stopped
 
     def capture(self, step: int):
         """Around train_step: the objective's per-token values (InTRO's w), on sample steps only."""
