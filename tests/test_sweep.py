@@ -202,3 +202,23 @@ def test_rollout_token_budget_stops_the_run_and_still_finishes_it(tmp_path, tiny
     assert [(e["when"], e["step"]) for e in evals] == [("before", 0), ("after", len(metrics))]
     assert (run / "final" / "adapter_model.safetensors").exists()
     assert (run / "checkpoints" / f"step-{len(metrics)}" / "COMPLETE").exists()
+
+
+def test_plot_draws_accuracy_vs_a_grid_key_with_a_word_among_numbers(tmp_path):
+    """n_candidates = [1, 5, "all"]: evenly spaced categories, not skipped; a rollouts axis when cells agree."""
+    from intro_lite.sweep.results import CellResult, plot, rollouts_per_step
+
+    sweep = sw.Sweep(file=tmp_path / "s.toml", recipe=tmp_path / "r.toml", name="s", output_dir=tmp_path, overrides={},
+                     grid={"intro.n_candidates": [1, 5, "all"], "seed": [0]}, start=None, budget={}, eval={}, dir=tmp_path)
+    results = []
+    for n, acc in ((1, 0.5), (5, 0.4), ("all", 0.1)):
+        name = f"n={n}"
+        (tmp_path / "cells" / name).mkdir(parents=True)
+        (tmp_path / "cells" / name / "config.toml").write_text("[train]\nprompts_per_step = 16\n[rollout]\ngroup_size = 4\n")
+        results.append(CellResult(name, "intro", {"intro.n_candidates": n, "seed": 0}, "done",
+                                  evals=[{"when": "before", "step": 0, "accuracy": 0.3, "mean_length": 28.0},
+                                         {"when": "after", "step": 50, "accuracy": acc, "mean_length": 27.0}]))
+    assert rollouts_per_step(sweep, results) == 64
+    drawn = dict((f, t) for t, f in plot(sweep, results, 30.0, 28.0))
+    assert "accuracy_vs_n_candidates.png" in drawn and "accuracy_vs_step.png" in drawn
+    assert (tmp_path / "accuracy_vs_n_candidates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -218,8 +218,12 @@ def plot(sweep: Sweep, results: list[CellResult], start_acc, start_len) -> list[
         save_figure(fig, sweep.dir / fname)
         out.append((title, fname))
     for key, values in sweep.grid.items():
-        if key == "seed" or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if key == "seed" or not numeric:
             continue
+        # Mostly numeric with a word or two (n_candidates = [1, ..., 40, "all"]): evenly spaced categories.
+        categorical = len(numeric) < len(values)
+        position = {v: (i if categorical else v) for i, v in enumerate(values)}
         others = [r for r in results if r.status == "done" and r.final]
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         groups = dict.fromkeys(" ".join(f"{k.split('.')[-1]}={v}" for k, v in r.values.items() if k not in (key, "seed"))
@@ -230,14 +234,17 @@ def plot(sweep: Sweep, results: list[CellResult], start_acc, start_len) -> list[
                 acc = [100 * r.final["accuracy"] for r in others if r.values[key] == v and
                        " ".join(f"{k.split('.')[-1]}={x}" for k, x in r.values.items() if k not in (key, "seed")) == g]
                 if acc:
-                    xs.append(v), mean.append(statistics.fmean(acc)), lo.append(min(acc)), hi.append(max(acc))
+                    xs.append(position[v]), mean.append(statistics.fmean(acc)), lo.append(min(acc)), hi.append(max(acc))
             if xs:
                 line, = ax.plot(xs, mean, marker="o", label=g or "mean over seeds")
                 ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
         if start_acc is not None:
             ax.axhline(start_acc, color="gray", ls="--", lw=1, label="start")
         short = key.split(".")[-1]
-        ax.set_xscale("log" if min(values) > 0 and max(values) / min(values) >= 10 else "linear")
+        if categorical:
+            ax.set_xticks(range(len(values)), [str(v) for v in values])
+        else:
+            ax.set_xscale("log" if min(values) > 0 and max(values) / min(values) >= 10 else "linear")
         ax.set_xlabel(short)
         ax.set_ylabel("final held-out accuracy (%)")
         ax.set_title(f"Accuracy vs {short} ({sweep.name})")
