@@ -7,6 +7,8 @@ INTRO_LITE_FAULT_AT=POINT:N[,...]  SIGKILL at a named point of step N (0 = befor
     eval          inside the eval write of step N (0 = "before", the last step = "after"): half a line appended
     metrics       inside step N's metrics.jsonl write: half a line appended
     adapter_push  inside the adapter push of version N: new adapter dir written, not yet in vLLM
+INTRO_LITE_FAULT_RAISE=R:N        rank R raises an error in step N's train_step, before the gradient all-reduce
+                                   (the other ranks wait there: the failing-rank test of docs/scale.md)
 INTRO_LITE_FAULT_AFTER_STEP=N and INTRO_LITE_FAULT_IN_CHECKPOINT=N are the older spellings of
 after_step:N and checkpoint:N.
 """
@@ -50,3 +52,11 @@ def tear_append(point: str, step: int, path: Path, record: dict) -> None:
             os.fsync(f.fileno())
         os.kill(os.getpid(), signal.SIGKILL)
 
+
+def raise_on_rank(step: int) -> None:
+    want = os.environ.get("INTRO_LITE_FAULT_RAISE", "")
+    if want:
+        from intro_lite.train import dist
+
+        if want == f"{dist.rank()}:{step}":
+            raise RuntimeError(f"injected failure on rank {dist.rank()} at step {step} (INTRO_LITE_FAULT_RAISE)")
