@@ -83,7 +83,7 @@ def train(
             raise
         # Under torchrun: the failing rank's one line (its traceback is in the hidden log, shown above
         # with --verbose or in RUN_DIR/stderr-rank<r>.log); torchrun then stops the other ranks.
-        _fail(f"rank {rank}: {type(e).__name__}: {first_line(e)}")
+        _fail(escape(f"rank {rank}: {type(e).__name__}: {first_line(e)}"))
         return
     if rank == 0:
         _print_summary(run_dir)

@@ -56,7 +56,7 @@ def train_step(setup: PassSetup, optimizer, rows: list[Row], *, micro_batch_size
         loss_total += loss.item() * share
         for k, v in chunk_stats.items():  # counts (n_*) add up; the rest are row-weighted means
             stats[k] = (stats.get(k) or 0.0) + (v if k.startswith("n_") else v * len(chunk) / n_rows)
-    faults.raise_on_rank(step)  # the failing-rank test: this rank raises while the others wait below
+    faults.on_rank(step)  # the failing-rank tests: this rank raises or stalls while the others wait below
     loss_total, stats = global_figures(loss_total, stats, trained=bool(rows))
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if n_rows:  # every rank's gradient summed (a rank without rows adds zeros); none at all: no gradient
