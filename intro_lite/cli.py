@@ -41,15 +41,25 @@ def train(
     no_progress: bool = typer.Option(False, "--no-progress", help="Disable the progress bar."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its latest complete checkpoint."),
     verbose: bool = typer.Option(False, "--verbose", help="Show the libraries' start-up output (else in RUN_DIR/stderr.log)."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes on this machine: runs "
+                              "`torchrun --nproc-per-node N -m intro_lite train ...` (docs/scale.md)."),
 ) -> None:
     """Train a LoRA adapter with the recipe's objective (InTRO by default)."""
-    from intro_lite.errors import TrainingAborted
+    from intro_lite.errors import TrainingAborted, first_line
     from intro_lite.quiet import hidden_stderr, keep_log
+    from intro_lite.train import dist
 
+    dist.pin_device()  # under torchrun: this rank's GPU only, before anything asks CUDA
     if not verbose:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # keep vLLM's per-call notices off the progress bar
+    rank = int(os.environ.get("RANK", "0")) if dist.launched() > 1 else 0
     try:
         cfg = load_config(recipe, run_overrides(set_, output, name))
+        if nproc > 1:  # this command again under torchrun, one rank per process, without --nproc
+            flags = {"--no-progress": no_progress, "--resume": resume, "--verbose": verbose}
+            dist.exec_torchrun(nproc, cfg.train.prompts_per_step, [
+                "train", str(recipe), *[x for v in set_ for x in ("--set", v)], *(["--output", str(output)] if output else []),
+                *(["--name", name] if name is not None else []), *[f for f, on in flags.items() if on]])
         from intro_lite.train import train as run_train
 
         log = None
@@ -57,14 +67,26 @@ def train(
             with hidden_stderr(not verbose, one_line_errors=(ConfigError, TrainingAborted)) as log:
                 run_dir = run_train(cfg, progress=not no_progress, resume=resume)
         finally:
-            keep_log(log, cfg.run_dir)
+            keep_log(log, cfg.run_dir, "stderr.log" if rank == 0 else f"stderr-rank{rank}.log")
     except ConfigError as e:
+        if rank != 0:  # every rank meets the same config and files: rank 0 says it once
+            raise typer.Exit(code=2)
         _fail(str(e))
         return
     except TrainingAborted as e:
         _fail(str(e))
         return
-    _print_summary(run_dir)
+    except typer.Exit:
+        raise
+    except Exception as e:
+        if dist.launched() <= 1:
+            raise
+        # Under torchrun: the failing rank's one line (its traceback is in the hidden log, shown above
+        # with --verbose or in RUN_DIR/stderr-rank<r>.log); torchrun then stops the other ranks.
+        _fail(escape(f"rank {rank}: {type(e).__name__}: {first_line(e)}"))
+        return
+    if rank == 0:
+        _print_summary(run_dir)
 
 
 def run_overrides(set_: list[str], output: Optional[Path], name: Optional[str]) -> list[str]:

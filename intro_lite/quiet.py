@@ -66,11 +66,11 @@ def _restore(log, saved_fd: int, saved_stderr) -> None:
     log.close()
 
 
-def keep_log(log: Path | None, run_dir: Path) -> None:
+def keep_log(log: Path | None, run_dir: Path, name: str = "stderr.log") -> None:
     """Move the hidden output into the run directory (stderr.log, appended on --resume)."""
     if log is None or not log.exists():
         return
     if run_dir.is_dir():
-        with open(run_dir / "stderr.log", "a") as out, open(log) as src:
+        with open(run_dir / name, "a") as out, open(log) as src:
             shutil.copyfileobj(src, out)
     log.unlink()

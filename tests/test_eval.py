@@ -68,6 +68,26 @@ def test_avg_at_k_and_maj_at_k_on_a_hand_made_case(grader, chunk):
     assert [c[2] for c in engine.calls] == ([100] if not chunk else [100, 108])
 
 
+@pytest.mark.parametrize("cut", [1, 2, 3])
+def test_scores_of_consecutive_shares_merge_into_the_whole(grader, cut):
+    # A data-parallel eval (docs/scale.md): each rank scores a share, problem i with seeds seed + i*k.
+    from intro_lite.eval.score import merge_scores
+
+    problems = [Problem(id=f"p{i}", question="q", answer=gold) for i, (gold, _, _) in enumerate(HAND)]
+    args = dict(k=4, temperature=0.6, top_p=0.95, max_new_tokens=50)
+    new = lambda: FakeEngine([t for _, t, _ in HAND], [n for _, _, n in HAND])  # noqa: E731
+    whole = score(new(), grader, problems, [[i] for i in range(len(HAND))], seed=100, **args)
+    engine = new()
+    parts = [score(engine, grader, problems[a:b], [[i] for i in range(a, b)], seed=100 + a * 4, **args)
+             for a, b in ((0, cut), (cut, len(HAND)))]
+    merged = merge_scores(parts)
+    assert [c[2] for c in engine.calls] == [100, 100 + cut * 4]
+    for key in ("n_problems", "k", "counts", "rows", "n_bad_gold", "truncated"):
+        assert getattr(merged, key) == getattr(whole, key), key
+    assert merged.accuracy == pytest.approx(whole.accuracy, rel=1e-12)
+    assert merged.mean_length == pytest.approx(whole.mean_length, rel=1e-12)
+
+
 def results_file(path, rows, **config):
     """A results.json with one benchmark column per (benchmark, accuracy) of each row."""
     recs = []

@@ -71,6 +71,20 @@ def score(engine, grader, problems: list[Problem], prompt_ids: list[list[int]], 
     return result
 
 
+def merge_scores(parts: list[Score]) -> Score:
+    """One Score from the scores of consecutive shares of a problem list (the data-parallel eval's ranks):
+    accuracy weighted by scored problems, mean length by samples, counts summed. Rows are concatenated;
+    maj@k is not merged (training's eval does not ask for it)."""
+    k = parts[0].k
+    scored, samples = sum(p.n_problems for p in parts), sum((p.n_problems + p.n_bad_gold) * p.k for p in parts)
+    counts = {name: sum(p.counts.get(name, 0) for p in parts) for name in {n for p in parts for n in p.counts}}
+    return Score(n_problems=scored, k=k, accuracy=sum(p.accuracy * p.n_problems for p in parts) / max(scored, 1),
+                 mean_length=sum(p.mean_length * (p.n_problems + p.n_bad_gold) * p.k for p in parts) / max(samples, 1),
+                 counts={name: counts[name] for name in (*STATUSES, *sorted(set(counts) - set(STATUSES)))},
+                 rows=[r for p in parts for r in p.rows], n_bad_gold=sum(p.n_bad_gold for p in parts),
+                 truncated=sum(p.truncated for p in parts))
+
+
 def majority_correct(grader, outs: list[list], grades: list[list]) -> tuple[list[bool], int]:
     """maj@k per problem: is the most frequent answer among the k samples the right one?
 

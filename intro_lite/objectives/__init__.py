@@ -13,6 +13,7 @@ the registry; ``common`` the shared tensor helpers. Loop protocol (docs/objectiv
         reference_*      <- forward(x ⊕ z), adapter disabled, no_grad  if needs.reference
         (needs.hidden_states: last hidden states + the LM head weight instead of logits)
         objective.extra_passes(inputs, chunk, ctx, **kwargs)          if it has that hook (IAPO, RePro)
+        inputs.row_seeds <- seed + each row's index in the step (InTRO's draws; else `generator`)
         loss, stats = objective.compute(inputs, **kwargs, generator=gen)
         (loss if needs.batch_totals else loss * rows / n_rows).backward()
 """

@@ -96,6 +96,9 @@ class ObjectiveInputs:
     policy_hidden: Tensor | None = None  # [B, T, H], with gradient
     posterior_hidden: Tensor | None = None  # [B, T, H], no gradient
     lm_head_weight: Tensor | None = None  # [V, H]
+    # A seed per row for the objective's own random draws (InTRO's candidates): the loop gives row i of
+    # the step seed + i, so the draws do not depend on which micro-batch or rank holds the row.
+    row_seeds: Tensor | None = None  # [B] long; None = draw from compute's `generator`
 
 
 @dataclass
@@ -124,6 +127,9 @@ class StepRollouts:
     rollouts: list | None = None  # [(problem index, sample with .token_ids)], G per prompt in order
     correct: list[bool] | None = None  # graded, one per rollout
     rewards: list[float] | None = None  # the reward of each rollout (None: 1/0 from `correct`)
+    # Position of idx[0] in the step's whole batch (a data-parallel rank holds a slice of it): a row's
+    # group is its prompt's position in the whole batch, unique across ranks.
+    first_group: int = 0
 
 
 @dataclass
@@ -142,7 +148,7 @@ def rollout_rows(step: StepRollouts, *, kept_only: bool) -> list[Row]:
     a row's reward is the graded reward (1/0 for math, the reward function's value otherwise)."""
     G = step.group_size
     rewards = step.rewards if step.rewards is not None else [float(c) for c in step.correct]
-    return [Row(i, j // G, step.x_ids[i], step.xy_ids[i], list(s.token_ids), len(s.token_ids), float(r))
+    return [Row(i, step.first_group + j // G, step.x_ids[i], step.xy_ids[i], list(s.token_ids), len(s.token_ids), float(r))
             for j, ((i, s), c, r) in enumerate(zip(step.rollouts, step.correct, rewards)) if c or not kept_only]
 
 

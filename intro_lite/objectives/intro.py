@@ -27,12 +27,20 @@ class IntroConfig:
     logits_chunk_size: int = bounded(DEFAULT_CHUNK_SIZE, ge=0)
 
 
-def draw_uniforms(n_tokens: int, n_candidates: int, generator: torch.Generator | None, *, device, dtype) -> Tensor:
-    """The uniforms behind the n−1 drawn candidates of every mask token, ``[N, n−1]``, in one call.
+def draw_uniforms(n_tokens: int, n_candidates: int, generator: torch.Generator | None, *, device, dtype,
+                  lengths: Tensor | None = None, row_seeds: Tensor | None = None) -> Tensor:
+    """The uniforms behind the n−1 drawn candidates of every mask token, ``[N, n−1]``.
 
     Both loss paths draw them here, before any logits are seen, so a position-chunked pass
-    consumes the generator exactly as the whole-batch pass does."""
-    return torch.rand((n_tokens, n_candidates - 1), generator=generator, device=device, dtype=dtype)
+    consumes the same numbers as the whole-batch pass. Without ``row_seeds``: one call on
+    ``generator``. With them (``[B]``, and ``lengths`` ``[B]`` the rows' mask-token counts): row b's
+    ``lengths[b]`` rows of uniforms come from a generator seeded ``row_seeds[b]``, so a row draws the
+    same numbers whichever rows share the micro-batch (or the data-parallel rank) with it."""
+    if row_seeds is None:
+        return torch.rand((n_tokens, n_candidates - 1), generator=generator, device=device, dtype=dtype)
+    parts = [torch.rand((n, n_candidates - 1), generator=torch.Generator(device=device).manual_seed(seed),
+                        device=device, dtype=dtype) for n, seed in zip(lengths.tolist(), row_seeds.tolist())]
+    return torch.cat(parts) if parts else torch.empty((0, n_candidates - 1), device=device, dtype=dtype)
 
 
 def inverse_cdf_draws(p: Tensor, u: Tensor) -> Tensor:
@@ -54,6 +62,7 @@ def intro_loss(
     n_candidates: int | str = IntroConfig.n_candidates,
     clip_max: float = IntroConfig.clip_max,
     generator: torch.Generator | None = None,
+    row_seeds: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Negative InTRO objective over a batch of kept rationales.
 
@@ -71,7 +80,8 @@ def intro_loss(
     v_t^1 is the rationale's own token z_t; v_t^2..n are drawn i.i.d. with
     replacement from sg(p(·|t)) at temperature 1, by inverse CDF from uniforms drawn
     up front (``draw_uniforms``: one ``torch.rand([N, n−1])`` call on ``generator``,
-    which must live on the logits' device), so the position-chunked
+    which must live on the logits' device, or with ``row_seeds`` ``[B]`` one generator
+    per row seeded by it), so the position-chunked
     ``intro_loss_from_hidden`` draws the very same candidates. In expectation over the
     draws, position t contributes
     ``((n−1)/n)·Σ_v p(v)·w(v)·log p(v) + (1/n)·w(z_t)·log p(z_t)``, gradient through log p.
@@ -137,7 +147,8 @@ def intro_loss(
         else:
             candidates = own
             if n_candidates > 1:
-                u = draw_uniforms(n_tokens, n_candidates, generator, device=p.device, dtype=dtype)
+                u = draw_uniforms(n_tokens, n_candidates, generator, device=p.device, dtype=dtype, lengths=lengths,
+                                  row_seeds=row_seeds)
                 candidates = torch.cat([own, inverse_cdf_draws(p, u)], dim=1)  # [N, n]
             log_ratio = logq.gather(1, candidates) - logp_sg.gather(1, candidates)
             w = log_ratio.clamp(max=log_clip).exp()
@@ -175,6 +186,7 @@ def intro_loss_from_hidden(
     clip_max: float = IntroConfig.clip_max,
     generator: torch.Generator | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    row_seeds: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """``intro_loss`` from the last hidden states, never holding full-vocabulary tensors for all positions.
 
@@ -236,7 +248,8 @@ def intro_loss_from_hidden(
     token_scale = (1.0 / lengths.clamp(min=1).to(dtype)).unsqueeze(1).expand(mask.shape)[mask] / n_rows
     u = None
     if not exact and n_candidates > 1:
-        u = draw_uniforms(n_tokens, n_candidates, generator, device=h.device, dtype=dtype)
+        u = draw_uniforms(n_tokens, n_candidates, generator, device=h.device, dtype=dtype, lengths=lengths,
+                          row_seeds=row_seeds)
     n = 0 if exact else n_candidates
     loss, sums = _ChunkedIntro.apply(h, hq, lm_head_weight, own, token_scale, u, n, math.log(clip_max), chunk_size)
     if capturing():
@@ -370,24 +383,9 @@ class InTRO:
         if inputs.rewards is not None:
             # Only correct rationales (reward > 0.5) are trained; a no-op when the loop already filtered them.
             mask = mask & (inputs.rewards > CORRECT_ABOVE).unsqueeze(1)
+        draws = dict(n_candidates=c.n_candidates, clip_max=c.clip_max, generator=generator, row_seeds=inputs.row_seeds)
         if hidden:
-            return intro_loss_from_hidden(
-                inputs.policy_hidden,
-                inputs.posterior_hidden,
-                inputs.lm_head_weight,
-                inputs.tokens,
-                mask,
-                n_candidates=c.n_candidates,
-                clip_max=c.clip_max,
-                generator=generator,
-                chunk_size=c.logits_chunk_size or DEFAULT_CHUNK_SIZE,
-            )
-        return intro_loss(
-            inputs.policy_logits,
-            inputs.posterior_logits,
-            inputs.tokens,
-            mask,
-            n_candidates=c.n_candidates,
-            clip_max=c.clip_max,
-            generator=generator,
-        )
+            return intro_loss_from_hidden(inputs.policy_hidden, inputs.posterior_hidden, inputs.lm_head_weight,
+                                          inputs.tokens, mask, chunk_size=c.logits_chunk_size or DEFAULT_CHUNK_SIZE,
+                                          **draws)
+        return intro_loss(inputs.policy_logits, inputs.posterior_logits, inputs.tokens, mask, **draws)

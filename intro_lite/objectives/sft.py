@@ -35,7 +35,8 @@ class SFT:
     def make_rows(self, step: StepRollouts, **_) -> list[Row]:
         """One row per prompt: the dataset's golden solution ⊕ EOS, the only text tokenised into a suffix."""
         eos, tok = [step.tokenizer.eos_token_id], step.tokenizer
-        return [Row(i, g, step.x_ids[i], step.xy_ids[i], ids + eos, len(ids) + 1, 1.0) for g, i in enumerate(step.idx)
+        return [Row(i, step.first_group + g, step.x_ids[i], step.xy_ids[i], ids + eos, len(ids) + 1, 1.0)
+                for g, i in enumerate(step.idx)
                 if (ids := tok(step.problems[i].solution, add_special_tokens=False)["input_ids"])]
 
     def compute(self, inputs: ObjectiveInputs, *, generator=None, **config) -> tuple[Tensor, dict[str, float]]:

@@ -12,13 +12,18 @@ import numpy as np
 import torch
 
 from intro_lite.config import Config
+from intro_lite.errors import ConfigError
 from intro_lite.io import fsync_file, read_jsonl_log, verify_manifest, write_atomic, write_manifest
 from intro_lite.policy import save_adapter
-from intro_lite.train import faults
+from intro_lite.train import dist, faults
 
 
-def save_checkpoint(cfg: Config, model, optimizer, scheduler, sampler, step: int, version: int) -> Path:
-    """`checkpoints/step-N/`: adapter + trainer state, valid only once its COMPLETE marker exists."""
+def save_checkpoint(cfg: Config, model, optimizer, scheduler, sampler, step: int, version: int) -> Path | None:
+    """`checkpoints/step-N/`: adapter + trainer state, valid only once its COMPLETE marker exists.
+    Every rank calls it (each rank's RNG states are gathered); rank 0 alone writes (returns None elsewhere)."""
+    rngs = dist.all_gather_objects(_rng_state())  # ranks hold the same adapter, optimizer and sampler, not RNGs
+    if not dist.is_main():
+        return None
     ckpt_root = cfg.run_dir / "checkpoints"
     final = ckpt_root / f"step-{step}"
     tmp = ckpt_root / f".step-{step}.tmp"
@@ -32,20 +37,34 @@ def save_checkpoint(cfg: Config, model, optimizer, scheduler, sampler, step: int
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "sampler": sampler.state_dict(),
-        # Plain ints and tensors only, so the state loads with torch.load(weights_only=True).
-        "rng": {"python": _python_rng_state(), "numpy": _numpy_rng_state(), "torch": torch.get_rng_state()},
+        "world_size": dist.world(),
+        # One entry per rank. Plain ints and tensors only, so the state loads with torch.load(weights_only=True).
+        "rng": rngs,
     }
     torch.save(state, tmp / "trainer_state.pt")
     fsync_file(tmp / "trainer_state.pt")  # (save_adapter fsyncs the adapter's files)
     faults.kill_at("checkpoint", step)
     # Sizes and SHA-256 of every file, written last: a resume trusts the checkpoint only if they still agree.
-    write_manifest(tmp, "COMPLETE", {"step": step})
+    write_manifest(tmp, "COMPLETE", {"step": step, "world_size": dist.world()})
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     for old in _complete(ckpt_root)[: -cfg.train.keep_checkpoints]:
         shutil.rmtree(old)
     return final
+
+
+def _rng_state() -> dict:
+    return {"python": _python_rng_state(), "numpy": _numpy_rng_state(), "torch": torch.get_rng_state()}
+
+
+def check_world_size(ckpt: Path) -> None:
+    """A checkpoint resumes exactly only under the number of processes that wrote it (each rank's RNG
+    and share of the batch); one line otherwise. Checkpoints from before data parallel were one process."""
+    written = json.loads((ckpt / "COMPLETE").read_text(encoding="utf-8")).get("world_size", 1)
+    if written != dist.world():
+        raise ConfigError(f"--resume: {ckpt} was written by {written} process(es), this run has {dist.world()}; "
+                          f"resume with --nproc {written} (torchrun --nproc-per-node {written})")
 
 
 def _complete(root: Path) -> list[Path]:
@@ -81,14 +100,16 @@ def restore_checkpoint(ckpt: Path, model, optimizer, scheduler, sampler, warn=la
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     sampler.load_state_dict(state["sampler"])
-    rng = state["rng"]
+    rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # a dict: one process, older format
+    rng = rngs[dist.rank()]
     random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
     np.random.set_state(("MT19937", np.array(rng["numpy"][0], dtype=np.uint32), *rng["numpy"][1:]))
     torch.set_rng_state(rng["torch"])
     run_dir = ckpt.parent.parent
-    # Log lines after the checkpoint are re-run, and so are periodic scores; a torn last line is dropped.
-    truncate_log(run_dir / "metrics.jsonl", lambda r: r["step"] <= state["step"], warn)
-    truncate_log(run_dir / "eval.jsonl", lambda r: r["step"] <= state["step"] and r["when"] != "after", warn)
+    if dist.is_main():  # log lines after the checkpoint are re-run, and so are periodic scores; a torn last line is dropped
+        truncate_log(run_dir / "metrics.jsonl", lambda r: r["step"] <= state["step"], warn)
+        truncate_log(run_dir / "eval.jsonl", lambda r: r["step"] <= state["step"] and r["when"] != "after", warn)
+    dist.barrier()  # the other ranks read the logs (the rollout-token budget) only once they are cut
     return state["step"], state["adapter_version"]
 
 

@@ -7,6 +7,9 @@ INTRO_LITE_FAULT_AT=POINT:N[,...]  SIGKILL at a named point of step N (0 = befor
     eval          inside the eval write of step N (0 = "before", the last step = "after"): half a line appended
     metrics       inside step N's metrics.jsonl write: half a line appended
     adapter_push  inside the adapter push of version N: new adapter dir written, not yet in vLLM
+INTRO_LITE_FAULT_RAISE=R:N        rank R raises an error in step N's train_step, before the gradient all-reduce
+                                   (the other ranks wait there: the failing-rank tests of docs/scale.md)
+INTRO_LITE_FAULT_STALL=R:N        rank R stops there instead (sleeps): the others' collective times out
 INTRO_LITE_FAULT_AFTER_STEP=N and INTRO_LITE_FAULT_IN_CHECKPOINT=N are the older spellings of
 after_step:N and checkpoint:N.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 POINTS = ("after_step", "checkpoint", "eval", "metrics", "adapter_push")
@@ -50,3 +54,13 @@ def tear_append(point: str, step: int, path: Path, record: dict) -> None:
             os.fsync(f.fileno())
         os.kill(os.getpid(), signal.SIGKILL)
 
+
+def on_rank(step: int) -> None:
+    """INTRO_LITE_FAULT_RAISE / _STALL = R:N: rank R raises, or stops answering, in step N."""
+    from intro_lite.train import dist
+
+    here = f"{dist.rank()}:{step}"
+    if os.environ.get("INTRO_LITE_FAULT_RAISE") == here:
+        raise RuntimeError(f"injected failure on rank {dist.rank()} at step {step} (INTRO_LITE_FAULT_RAISE)")
+    if os.environ.get("INTRO_LITE_FAULT_STALL") == here:
+        time.sleep(24 * 3600)

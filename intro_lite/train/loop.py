@@ -15,21 +15,20 @@ import numpy as np
 import torch
 from rich.markup import escape
 
-from intro_lite.data.benchmarks import load_benchmark
 from intro_lite.config import Config, load_config, to_toml
 from intro_lite.data.problems import LoadReport, Problem, PromptSampler, encode_prompts, load_problems, render_prompt
 from intro_lite.rollout.engine import RolloutEngine
 from intro_lite.tiny.assets import resolve_model_path
 from intro_lite.errors import ConfigError
-from intro_lite.eval.score import score
 from intro_lite.grading import Grader
-from intro_lite.io import append_jsonl, read_jsonl_log, write_atomic
+from intro_lite.io import write_atomic
 from intro_lite.objectives import StepRollouts, get_objective, make_rows, needs_of
 from intro_lite.policy import load_policy, resolve_device, resolve_dtype, save_adapter, trainable_parameters
 from intro_lite.rewards import problem_dict
-from intro_lite.train import faults
-from intro_lite.train.checkpoint import (clear_run_logs, latest_checkpoint, previous_rollout_tokens, restore_checkpoint,
-                                         save_checkpoint)
+from intro_lite.train import dist, faults
+from intro_lite.train.evals import previous_eval, run_eval
+from intro_lite.train.checkpoint import (check_world_size, clear_run_logs, latest_checkpoint, previous_rollout_tokens,
+                                         restore_checkpoint, save_checkpoint)
 from intro_lite.train.metrics import Timer, make_progress, progress_info, step_record
 from intro_lite.train.passes import PassSetup
 from intro_lite.train.runlog import RunLog
@@ -41,17 +40,20 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
     """Run (or with `resume` continue) one training run; returns its run dir.
 
     `engine`/`grader` let a caller (a sweep, a benchmark) share one vLLM engine over many runs of
-    the same base; they are left open. Otherwise both are made here and closed at the end."""
+    the same base; they are left open. Otherwise both are made here and closed at the end. Under
+    torchrun each process is one rank of a data-parallel run (train/dist.py, docs/scale.md): its own
+    engine, its slice of every step's prompts, the gradients summed; rank 0 alone writes the run's files."""
     run_dir, model_path = cfg.run_dir, resolve_model_path(cfg.model.name_or_path)
     own_engine, own_grader = engine is None, grader is None
+    dist.init(cfg.model.device)  # under torchrun: the process group, before vLLM starts (it builds on it)
     grader = grader or Grader(reward=cfg.reward)
     # Inputs checked before anything is written; then the run dir, and on --resume the checkpoint to trust.
     objective, okw, needs, data, warn, ckpt = open_run(cfg, model_path, grader, resume=resume)
-    seed_everything(cfg.seed)
-    model, tokenizer = load_policy(cfg, model_path)
+    seed_everything(cfg.seed + dist.rank())  # ranks draw apart (LoRA dropout); rank 0 as one process does
+    model, tokenizer = load_replicas(cfg, model_path)  # every rank starts from rank 0's fresh adapter
     problems, x_ids, xy_ids = tokenize_problems(cfg, tokenizer, data)
     optimizer, scheduler = make_optimizer(cfg, model)
-    sampler = PromptSampler(len(problems), cfg.seed)
+    sampler = PromptSampler(len(problems), cfg.seed)  # the same on every rank: each takes its slice of a batch
     engine = engine or make_engine(cfg, model_path)
     start, version = restore_checkpoint(ckpt, model, optimizer, scheduler, sampler, warn) if ckpt else (0, 0)
     version = push_adapter(model, engine, run_dir, version=version)
@@ -59,29 +61,31 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
     rollout_tokens = previous_rollout_tokens(cfg, start)  # the token budget counts across a resume
     setup = PassSetup(model, objective, needs, okw, tokenizer.pad_token_id, tokenizer, problems, cfg.rollout.max_new_tokens)
     G, streak, last = cfg.rollout.group_size, 0, start
-    bar = make_progress(progress)
+    bar = make_progress(progress and dist.is_main())
     task = bar.add_task("train", total=cfg.train.steps, completed=start, info="")
     runlog = RunLog(cfg, bar, tokenizer, problems, start)  # metrics.jsonl, trackers, samples.jsonl, alarms, plots
     with bar:
         for step in range(start + 1, cfg.train.steps + 1):
             timer = Timer()
-            idx = sampler.next(cfg.train.prompts_per_step)  # 1. a batch of prompts
+            # 1. a batch of prompts, the same on every rank; this rank's contiguous slice starts at `first`
+            first, idx = rank_slice(sampler.next(cfg.train.prompts_per_step))
             # 2-3. G rationales each with the current adapter, graded (none when it trains on gold solutions)
-            rolled = None if needs.gold_solution else roll_out(cfg, engine, grader, problems, x_ids, idx, step, timer)
+            rolled = None if needs.gold_solution else roll_out(cfg, engine, grader, problems, x_ids, idx, step, timer, first)
             # 4. the objective's rows: correct rollouts only, all, gold solutions, cut rationales ⊕ y
             rows = make_rows(objective, StepRollouts(idx, x_ids, xy_ids, tokenizer, problems, G, rolled and rolled.pairs,
-                                                     rolled and rolled.correct, rolled and rolled.rewards), **okw)
+                                                     rolled and rolled.correct, rolled and rolled.rewards, first), **okw)
             # 5-6. forward passes, loss, backward over micro-batches; one optimizer step on the LoRA weights
             with runlog.capture(step) as tokens:  # on sample steps: the objective's per-token values (InTRO's w)
                 result = train_step(setup, optimizer, rows, micro_batch_size=cfg.train.micro_batch_size,
-                                    max_grad_norm=cfg.train.max_grad_norm, generator_seed=cfg.seed * 7_919 + step * 1_000,
+                                    max_grad_norm=cfg.train.max_grad_norm, generator_seed=cfg.seed * 7_919 + step * 100_003,
                                     step=step, nonfinite_streak=streak, max_nonfinite_steps=cfg.train.max_nonfinite_steps,
                                     timer=timer)
             streak = result.nonfinite_streak
             scheduler.step()
             with timer("sync"):  # 7. push the new adapter to vLLM
                 version = push_adapter(model, engine, run_dir, version=version + 1)
-            # 8. log; evaluate and checkpoint on their schedules
+            # 8. log every rank's rollouts and rows (gathered); evaluate and checkpoint on their schedules
+            rolled, rows, tokens = gather_ranks(rolled, rows, tokens)
             rollout_tokens += sum(len(s.token_ids) for s in rolled.samples) if rolled else 0
             record = step_record(step, scheduler.get_last_lr()[0], rolled, result, rows, timer, version=version,
                                  rollout_tokens=rollout_tokens)
@@ -99,15 +103,13 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
                 break
 
     save_checkpoint(cfg, model, optimizer, scheduler, sampler, last, version)
-    save_adapter(model, run_dir / "final")
+    if dist.is_main():
+        save_adapter(model, run_dir / "final")
     after = run_eval(cfg, engine, grader, tokenizer, "after", last)
-    if before and after:
+    if before and after and dist.is_main():
         write_atomic(run_dir / "eval_summary.json", json.dumps({"before": before, "after": after}, indent=2))
     runlog.close()
-    if own_grader:
-        grader.close()
-    if own_engine:
-        engine.close()
+    close_run(grader if own_grader else None, engine if own_engine else None)
     return run_dir
 
 
@@ -119,6 +121,7 @@ def open_run(cfg: Config, model_path: str, grader: Grader, *, resume: bool):
     """Check the inputs (context, data, gold answers), prepare the run dir, pick the checkpoint to resume.
     Returns the objective, its kwargs and needs, the problems, the run's warning sink and the checkpoint."""
     check_context_length(cfg, model_path)
+    dist.check_split(cfg.train.prompts_per_step, dist.world())
     objective, okw = get_objective(cfg.objective), cfg.objective_kwargs()
     needs = needs_of(objective, **okw)
     report = LoadReport()
@@ -128,9 +131,13 @@ def open_run(cfg: Config, model_path: str, grader: Grader, *, resume: bool):
     warn = Notes(cfg.run_dir)
     for note in (report.summary(), gold_note):
         warn(note)
-    ckpt = latest_checkpoint(cfg, warn) if resume else None
-    if resume and ckpt is None:
+    # Rank 0 picks the checkpoint (and warns about the ones it skips); every rank resumes from it.
+    ckpt = dist.broadcast_object(latest_checkpoint(cfg, warn) if resume and dist.is_main() else None)
+    if ckpt is not None:
+        check_world_size(ckpt)
+    if resume and ckpt is None and dist.is_main():
         clear_run_logs(cfg.run_dir)  # it died before its first (verifiable) checkpoint: start again from step 0
+    dist.barrier()  # the run dir is ready before any rank writes its adapter into it
     return objective, okw, needs, data, warn, ckpt
 
 
@@ -151,6 +158,8 @@ def prepare_run_dir(cfg: Config, *, resume: bool = False) -> None:
         return
     if (run_dir / "metrics.jsonl").exists():
         raise ConfigError(f"{run_dir}: a run already exists here; use --resume, another `name`, or remove it")
+    if not dist.is_main():
+        return  # rank 0 writes the run directory
     try:
         nearest = next(p for p in (run_dir, *run_dir.parents) if p.exists())  # what mkdir would write into
         if nearest.is_dir() and not os.access(nearest, os.W_OK | os.X_OK):
@@ -171,7 +180,7 @@ class Notes:
         self.path = run_dir / "warnings.log"
 
     def __call__(self, msg: str) -> None:
-        if msg:
+        if msg and dist.is_main():  # every rank meets the same inputs: rank 0 says it once
             from intro_lite.quiet import warning_console
 
             warning_console().print(f"[yellow]warning:[/yellow] {escape(msg)}", soft_wrap=True, highlight=False)
@@ -187,6 +196,20 @@ def first_difference(a: dict, b: dict, prefix: str = "") -> str:
         elif a[key] != b[key]:
             return f"{prefix}{key} = {a[key]!r}, not {b[key]!r}"
     return ""
+
+
+def load_replicas(cfg: Config, model_path: str):
+    """The policy and tokenizer; under data parallel every rank takes rank 0's fresh LoRA weights
+    (the ranks seed their RNGs apart), so all start from the adapter one process would train."""
+    model, tokenizer = load_policy(cfg, model_path)
+    dist.broadcast_tensors(trainable_parameters(model))
+    return model, tokenizer
+
+
+def rank_slice(idx: list[int]) -> tuple[int, list[int]]:
+    """This rank's contiguous slice of the step's prompts, and its first prompt's position in the batch."""
+    lo, hi = dist.shard(len(idx))
+    return lo, idx[lo:hi]
 
 
 def seed_everything(seed: int) -> None:
@@ -288,34 +311,16 @@ def lr_lambda(cfg: Config):
 
 
 def push_adapter(model, engine, run_dir: Path, version: int) -> int:
-    """Save the adapter under a new version dir and hot-swap it into vLLM; drop the previous dir."""
-    path = save_adapter(model, run_dir / "adapters" / f"v{version}")
+    """Save the adapter under a new version dir and hot-swap it into vLLM; drop the previous dir.
+    Under data parallel each rank pushes into its own engine from adapters/rank<r>/."""
+    root = run_dir / "adapters" / (f"rank{dist.rank()}" if dist.world() > 1 else "")
+    path = save_adapter(model, root / f"v{version}")
     faults.kill_at("adapter_push", version)
     engine.set_adapter(path)
-    old = run_dir / "adapters" / f"v{version - 1}"
+    old = root / f"v{version - 1}"
     if old.exists():
         shutil.rmtree(old)
     return version
-
-
-def run_eval(cfg: Config, engine, grader, tokenizer, label: str, step: int) -> dict | None:
-    """Held-out score through the eval command's loader: a named benchmark (its gold rule), `tiny`, or a file."""
-    if not cfg.eval.source:
-        return None
-    problems = load_benchmark(cfg.eval.source, limit=cfg.eval.limit)
-    _, ids = encode_prompts(tokenizer, [render_prompt(cfg.data.prompt_template, p) for p in problems],
-                            cfg.data.chat_template)  # rendered as in training
-    s = score(engine, grader, problems, ids, k=cfg.eval.samples, temperature=cfg.eval.temperature,
-              top_p=cfg.eval.top_p, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.eval.seed)
-    result = {"accuracy": s.accuracy, "mean_length": s.mean_length, "n_problems": s.n_problems, "k": s.k, "counts": s.counts}
-    faults.tear_append("eval", step, cfg.run_dir / "eval.jsonl", {"when": label, "step": step, **result})
-    append_jsonl(cfg.run_dir / "eval.jsonl", {"when": label, "step": step, **result})
-    return result
-
-
-def previous_eval(cfg: Config, label: str) -> dict | None:
-    found = [r for r in read_jsonl_log(cfg.run_dir / "eval.jsonl")[0] if r["when"] == label]
-    return {k: v for k, v in found[-1].items() if k not in ("when", "step")} if found else None
 
 
 @dataclass
@@ -339,13 +344,15 @@ class Rollouts:
         return [g.value for g in self.grades]
 
 
-def roll_out(cfg: Config, engine, grader, problems, x_ids: list[list[int]], idx: list[int], step: int, timer) -> Rollouts:
-    """G rationales for each prompt `idx` with the current adapter, graded against the gold answers."""
+def roll_out(cfg: Config, engine, grader, problems, x_ids: list[list[int]], idx: list[int], step: int, timer,
+             first: int = 0) -> Rollouts:
+    """G rationales for each prompt `idx` with the current adapter, graded against the gold answers.
+    `idx` starts at position `first` of the step's batch: its samples get the seeds they have on one process."""
     G, prompts = cfg.rollout.group_size, [x_ids[i] for i in idx]
+    seed = rollout_seed(cfg.seed, step, cfg.train.prompts_per_step * G) + first * G
     with timer("rollout"):
         groups = engine.generate(prompts, n=G, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                 max_new_tokens=cfg.rollout.max_new_tokens,
-                                 seed=rollout_seed(cfg.seed, step, len(prompts) * G), logprobs=False)
+                                 max_new_tokens=cfg.rollout.max_new_tokens, seed=seed, logprobs=False)
     pairs = [(i, s) for i, g in zip(idx, groups) for s in g]
     with timer("grading"):
         grades = grader.grade([(problem_dict(problems[i]), s.text) for i, s in pairs])
@@ -358,3 +365,24 @@ def rollout_seed(seed: int, step: int, samples_per_step: int) -> int:
     adjacent, disjoint ranges and no two samples of a run share a random stream. (Step 1 keeps the
     seed it always had; runs of seeds s and s + 1 overlap only after 1,000,003 samples.)"""
     return seed * 1_000_003 + 1 + (step - 1) * samples_per_step
+
+
+def gather_ranks(rolled: Rollouts | None, rows: list, tokens: list | None):
+    """Every rank's rollouts, rows and captured per-token values, in rank order (= the batch's order):
+    what one process would log for the whole step. As is on one process."""
+    if dist.world() == 1:
+        return rolled, rows, tokens
+    parts = dist.all_gather_objects((rolled, rows, tokens))
+    rolled = None if rolled is None else Rollouts([p for r, _, _ in parts for p in r.pairs],
+                                                  [g for r, _, _ in parts for g in r.grades], rolled.group_size)
+    return rolled, [r for _, rs, _ in parts for r in rs], None if tokens is None else [t for *_, ts in parts for t in ts]
+
+
+def close_run(grader, engine) -> None:
+    """Close what this run opened; the engine last but one: vLLM's close tears down the process group."""
+    dist.barrier()  # every rank is done with the group (rank 0 wrote the final files)
+    if grader is not None:
+        grader.close()
+    if engine is not None:
+        engine.close()
+    dist.shutdown()

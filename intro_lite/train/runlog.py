@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from intro_lite.train import faults
+from intro_lite.train import dist, faults
 from intro_lite.io import append_jsonl, read_jsonl_log, write_atomic
 from intro_lite.objectives import token_capture
 from intro_lite.train.alarms import Alarms
@@ -20,8 +20,14 @@ def drop_samples_after(path, step: int) -> None:
 
 
 class RunLog:
+    """Rank 0's: on the other ranks of a data-parallel run it writes nothing (only `capture` works,
+    so their per-token values reach rank 0 with their rows)."""
+
     def __init__(self, cfg, bar, tokenizer, problems, start: int = 0):
         self.cfg, self.bar, self.tokenizer, self.problems = cfg, bar, tokenizer, problems
+        self.main = dist.is_main()
+        if not self.main:
+            return
         drop_samples_after(cfg.run_dir / "samples.jsonl", start)  # a resume re-runs the steps after its checkpoint
         self.trackers = Trackers(cfg, start)
         self.alarms = Alarms(cfg.alarms, cfg.train.prompts_per_step * cfg.rollout.group_size)
@@ -33,6 +39,8 @@ class RunLog:
         return token_capture(is_sample_step(self.cfg, step))
 
     def write(self, record: dict, rolled, rows, captured: list | None) -> None:
+        if not self.main:
+            return
         raised = self.alarms.check(record)
         record["alarms"] = [name for name, _ in raised]
         faults.tear_append("metrics", record["step"], self.cfg.run_dir / "metrics.jsonl", record)  # fault injection
@@ -45,6 +53,8 @@ class RunLog:
             self.bar.alarm_lines[:] = [message for _, message in raised]
 
     def close(self) -> None:
+        if not self.main:
+            return
         self.trackers.close()
         if self.cfg.log.plots:
             from intro_lite.plots import plot_runs

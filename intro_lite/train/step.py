@@ -11,7 +11,7 @@ import torch
 
 from intro_lite.errors import TrainingAborted
 from intro_lite.objectives import BatchInfo, Row
-from intro_lite.train import faults
+from intro_lite.train import dist, faults
 from intro_lite.train.passes import PassSetup, forward_passes
 
 
@@ -27,20 +27,27 @@ def train_step(setup: PassSetup, optimizer, rows: list[Row], *, micro_batch_size
                generator_seed: int, step: int = 0, nonfinite_streak: int = 0, max_nonfinite_steps: int = 0,
                timer=None) -> StepResult:
     """Forward passes, the objective's loss and backward for each micro-batch (gradients accumulate),
-    then clip and step the optimizer unless the loss or gradient is not finite. Micro-batch c draws
-    InTRO's candidates from a generator seeded `generator_seed + c`."""
+    then clip and step the optimizer unless the loss or gradient is not finite.
+
+    Data parallel (train/dist.py): `rows` are this rank's share of the step's rows, and the loss is
+    the one of all ranks' rows together: the batch facts (BatchInfo) and the row count that scales
+    each micro-batch are global, the gradients are summed over the ranks before clipping, and the
+    returned loss and stats are the global ones on every rank. Row i of the step (counting every
+    rank's rows in rank order) draws its random numbers (InTRO's candidates) from the seed
+    `generator_seed + i`, so they do not depend on how rows are split into micro-batches or ranks."""
     objective, needs, timer = setup.objective, setup.needs, timer or (lambda name: contextlib.nullcontext())
-    batch = BatchInfo(lengths=torch.tensor([r.n_loss for r in rows]), rewards=torch.tensor([r.reward for r in rows]),
-                      group_ids=torch.tensor([r.group for r in rows]))
+    batch, first = global_batch(rows)
     stats: dict[str, float | None] = dict.fromkeys(objective.stat_keys)  # null if nothing trained
-    loss_total, n_rows = 0.0, len(rows)
+    loss_total, n_rows, row = 0.0, len(batch.lengths), first
     setup.model.train()
     for c, chunk in enumerate(micro_batches(rows, micro_batch_size, whole_groups=needs.whole_groups)):
         with timer("forward"):
             inputs = forward_passes(setup, chunk)
             inputs.batch = batch if needs.batch_totals else None
+            inputs.row_seeds = generator_seed + torch.arange(row, row + len(chunk))
             gen = torch.Generator(device=inputs.tokens.device).manual_seed(generator_seed + c)
             loss, chunk_stats = objective.compute(inputs, **setup.okw, generator=gen)
+        row += len(chunk)
         loss = faults.poison_loss(loss, step)
         # Objectives with batch totals return their share of the full-batch loss; the others a row mean.
         share = 1.0 if needs.batch_totals else len(chunk) / n_rows
@@ -49,7 +56,11 @@ def train_step(setup: PassSetup, optimizer, rows: list[Row], *, micro_batch_size
         loss_total += loss.item() * share
         for k, v in chunk_stats.items():  # counts (n_*) add up; the rest are row-weighted means
             stats[k] = (stats.get(k) or 0.0) + (v if k.startswith("n_") else v * len(chunk) / n_rows)
+    faults.on_rank(step)  # the failing-rank tests: this rank raises or stalls while the others wait below
+    loss_total, stats = global_figures(loss_total, stats, trained=bool(rows))
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    if n_rows:  # every rank's gradient summed (a rank without rows adds zeros); none at all: no gradient
+        dist.all_reduce_grads(params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
     try:
         streak = nonfinite_guard(loss_total, grad_norm, nonfinite_streak, max_nonfinite_steps, step)
@@ -58,6 +69,26 @@ def train_step(setup: PassSetup, optimizer, rows: list[Row], *, micro_batch_size
     finally:  # an aborted step leaves no gradient behind either
         optimizer.zero_grad(set_to_none=True)
     return StepResult(loss_total, grad_norm, stats, streak)
+
+
+def global_batch(rows: list[Row]) -> tuple[BatchInfo, int]:
+    """The facts of every rank's rows (in rank order: the step's whole batch) and where this rank's
+    first row sits in it. Group ids are the prompts' positions in the step's global batch."""
+    parts = dist.all_gather_objects([(r.n_loss, r.reward, r.group) for r in rows])
+    every = [x for part in parts for x in part]
+    batch = BatchInfo(lengths=torch.tensor([x[0] for x in every]), rewards=torch.tensor([x[1] for x in every]),
+                      group_ids=torch.tensor([x[2] for x in every]))
+    return batch, sum(len(part) for part in parts[: dist.rank()])
+
+
+def global_figures(loss: float, stats: dict, *, trained: bool) -> tuple[float, dict]:
+    """The step's loss and stats summed over the ranks (each rank's are already its share of the
+    global figure); a stat stays null only if no rank trained anything."""
+    if dist.world() == 1:
+        return loss, stats
+    keys = list(stats)
+    sums = dist.all_reduce_sum([loss, float(trained), *[stats[k] or 0.0 for k in keys]])
+    return sums[0], {k: (v if sums[1] else None) for k, v in zip(keys, sums[2:])}
 
 
 def micro_batches(rows: list[Row], size: int, *, whole_groups: bool):

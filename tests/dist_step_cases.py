@@ -1,0 +1,87 @@
+"""One train_step per objective on fixed rows, on this process's share of them: imported by
+tests/test_dist.py for the one-process reference, and run under torchrun (2 ranks, gloo) as
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/dist_step_cases.py MODEL_DIR OUT
+
+which saves each rank's results to OUT.rank<r>.pt. Not a test module itself (no test_ prefix)."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+PROMPTS, G = 4, 3
+# (case, objective, its config, reward of row k of prompt p). "intro-idle": every rollout of prompts 2-3 is
+# wrong, so with 2 ranks rank 1 keeps no row and still has to join every collective.
+CASES = [
+    ("intro", "intro", {"n_candidates": 5, "clip_max": 200.0, "logits_chunk_size": 4}, lambda p, k: (k + p) % 2),
+    ("intro-idle", "intro", {"n_candidates": 5, "clip_max": 200.0, "logits_chunk_size": 0}, lambda p, k: p < 2 and k != 1),
+    ("grpo", "grpo", {"beta": 0.04}, lambda p, k: (k + p) % 2),
+    ("raft++", "raft++", {}, lambda p, k: (k * p) % 2),
+    ("gpg", "gpg", {}, lambda p, k: p != 1 and (k + p) % 2),  # prompt 1's group is flat: GPG's α = 4/3
+]
+
+
+def step_rows(tok, reward, kept_only: bool):
+    """G rollouts of PROMPTS prompts (random ids, different lengths), group = prompt position in the batch."""
+    from intro_lite.objectives import Row
+
+    g = torch.Generator().manual_seed(0)
+    V, rows = len(tok), []
+    for p in range(PROMPTS):
+        x = torch.randint(5, V, (5 + p,), generator=g).tolist()
+        for k in range(G):
+            z = torch.randint(5, V, (3 + 2 * k + p,), generator=g).tolist()
+            r = float(bool(reward(p, k)))
+            if r or not kept_only:
+                rows.append(Row(p, p, x, x + [7, 8], z, len(z), r))
+    return rows
+
+
+def run(model_dir: str) -> dict:
+    """{case: (loss, grad_norm, stats, parameters after one SGD(lr=1) step, rows, stats of one-row micro-batches)}
+    on this rank's prompts. Micro-batches of 2 rows split 1 and 2 processes' rows differently (the loss must
+    not care); the non-count stats are row-weighted means of micro-batch means, so they are compared on
+    one-row micro-batches, where both splits weigh the same rows alike."""
+    from intro_lite.config import load_config
+    from intro_lite.objectives import get_objective, needs_of
+    from intro_lite.policy import load_policy, trainable_parameters
+    from intro_lite.train import PassSetup, dist, train_step
+
+    cfg = load_config("recipes/tiny.toml", ["model.name_or_path=tiny-test", "data.source=tiny-test", 'eval.source=""',
+                                            "model.quantization=none"])
+    torch.manual_seed(0)
+    model, tok = load_policy(cfg, model_dir)
+    params = trainable_parameters(model)
+    g = torch.Generator().manual_seed(1)
+    start = [torch.randn(p.shape, generator=g) * 0.05 for p in params]  # B != 0: every LoRA matrix gets a gradient
+    lo, hi = dist.shard(PROMPTS)
+    out = {}
+    for case, name, okw, reward in CASES:
+        objective = get_objective(name)
+        needs = needs_of(objective, **okw)
+        rows = [r for r in step_rows(tok, reward, needs.kept_only) if lo <= r.group < hi]
+        setup = PassSetup(model, objective, needs, okw, tok.pad_token_id, tok, [], 16)
+        runs = []
+        for mb in (2, 1):
+            with torch.no_grad():
+                for p, s in zip(params, start):
+                    p.copy_(s)
+            # SGD with lr 1: the step moves each parameter by minus its (global) gradient.
+            opt = torch.optim.SGD(params, lr=1.0)
+            runs.append(train_step(setup, opt, rows, micro_batch_size=mb, max_grad_norm=1e9, generator_seed=11))
+            if mb == 2:
+                after = [p.detach().clone() for p in params]
+        out[case] = (runs[0].loss, runs[0].grad_norm, runs[0].stats, after, len(rows), runs[1].stats)
+    return out
+
+
+if __name__ == "__main__":
+    from intro_lite.train import dist
+
+    torch.set_num_threads(1)
+    dist.init("cpu")
+    results = run(sys.argv[1])
+    torch.save(results, f"{sys.argv[2]}.rank{dist.rank()}.pt")
+    dist.shutdown()
