@@ -140,3 +140,33 @@ def test_train_step_skips_a_nonfinite_step_then_aborts(policy, monkeypatch):
         _step(model, tok, "sft", _rows(tok), mb=4, step=3, nonfinite_streak=1, max_nonfinite_steps=1)
     delta, result = _step(model, tok, "sft", _rows(tok), mb=4, step=4, nonfinite_streak=1, max_nonfinite_steps=1)
     assert result.nonfinite_streak == 0 and any(d.abs().sum() > 0 for d in delta)
+
+
+def test_intro_teacher_base_reads_the_hint_with_the_adapter_off(policy):
+    """intro.teacher = "base": the answer-conditioned pass is the start model's (adapter disabled), whatever the adapter
+    has learned; "policy" (the paper's) moves with it. The policy pass keeps the adapter either way."""
+    from intro_lite.policy import trainable_parameters
+    from intro_lite.train import forward_passes
+
+    model, tok = policy
+    rows = [r for r in _rows(tok) if r.reward > 0]
+    params = trainable_parameters(model)
+    saved = [p.detach().clone() for p in params]
+    okw = {"n_candidates": 5, "logits_chunk_size": 0}
+    try:
+        with torch.no_grad():
+            for p in params:
+                p.zero_()  # the adapter adds nothing: the policy is the base
+        start = forward_passes(_setup(model, tok, "intro", **okw), rows).posterior_logits
+        with torch.no_grad():
+            for p in params:
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        moved = forward_passes(_setup(model, tok, "intro", **okw), rows)
+        frozen = forward_passes(_setup(model, tok, "intro", teacher="base", **okw), rows)
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+    assert not torch.allclose(moved.posterior_logits, start, atol=1e-4)  # the policy's teacher moved
+    torch.testing.assert_close(frozen.posterior_logits, start, rtol=1e-5, atol=1e-5)  # the base's did not
+    torch.testing.assert_close(frozen.policy_logits, moved.policy_logits)  # the policy pass has the adapter

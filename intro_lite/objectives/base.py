@@ -35,6 +35,8 @@ class Needs:
     """Which passes and inputs an objective consumes (the policy pass x ⊕ z, with gradient, always runs)."""
 
     posterior: bool = False  # x ⊕ y ⊕ z (answer-conditioned), no gradient
+    # The answer-conditioned pass with the adapter disabled: a frozen teacher (the start model), not the policy.
+    frozen_posterior: bool = False
     reference: bool = False  # x ⊕ z with the adapter disabled, no gradient
     kept_only: bool = False  # only rationales whose answer was graded correct
     # The rationale is the dataset's golden solution z*, not a rollout (SFT): the loop rolls nothing out.

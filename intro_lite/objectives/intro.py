@@ -25,6 +25,9 @@ class IntroConfig:
     clip_max: float = bounded(200.0, gt=0)
     # > 0: loss from hidden states, logits made this many positions at a time; 0 = full logits
     logits_chunk_size: int = bounded(DEFAULT_CHUNK_SIZE, ge=0)
+    # Who reads the hint: "policy" (the paper: the trained model, so the teacher moves with every update)
+    # or "base" (the adapter disabled: the start model, frozen) — a control for the teacher's own drift.
+    teacher: Literal["policy", "base"] = "policy"
 
 
 def draw_uniforms(n_tokens: int, n_candidates: int, generator: torch.Generator | None, *, device, dtype,
@@ -366,7 +369,8 @@ class InTRO:
         # With a chunk size the loop hands over last hidden states + the LM head weight instead of logits.
         # Called without config (pure use), the plain logits path; the run config passes its chunk size.
         settings(self, config)
-        return dataclasses.replace(self.needs, hidden_states=config.get("logits_chunk_size", 0) > 0)
+        return dataclasses.replace(self.needs, hidden_states=config.get("logits_chunk_size", 0) > 0,
+                                   frozen_posterior=config.get("teacher", "policy") == "base")
 
     def compute(
         self, inputs: ObjectiveInputs, *, generator: torch.Generator | None = None, **config

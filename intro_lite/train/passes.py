@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -49,10 +50,11 @@ def forward_passes(setup: PassSetup, chunk: list[Row]) -> ObjectiveInputs:
         inputs.answer_mask = full_mask - mask
     with torch.no_grad():
         xy = [r.xy for r in chunk]
-        if needs.posterior and needs.hidden_states:
-            inputs.posterior_hidden = suffix_hidden(model, xy, suffixes, pad)[0]
-        elif needs.posterior:
-            inputs.posterior_logits = suffix_logits(model, xy, suffixes, pad)[0]
+        with model.disable_adapter() if needs.frozen_posterior else contextlib.nullcontext():  # intro.teacher
+            if needs.posterior and needs.hidden_states:
+                inputs.posterior_hidden = suffix_hidden(model, xy, suffixes, pad)[0]
+            elif needs.posterior:
+                inputs.posterior_logits = suffix_logits(model, xy, suffixes, pad)[0]
         if needs.reference:
             with model.disable_adapter():
                 ref, _, _ = suffix_logits(model, x, suffixes, pad)
