@@ -1,6 +1,7 @@
 """Mean ± SE over seeds, gain over the start, and paired-by-seed differences from sweep results.
 
     python scripts/compare_sweeps.py runs/sweeps/toy-table1 [runs/sweeps/toy-dial-blind] --pairs intro:raft++,intro:grpo
+    python scripts/compare_sweeps.py runs/sweeps/toy-table1+runs/sweeps/toy-table1-seeds34 ...   # cells of both, one end
 
 "± SE" is the standard error of the mean over seeds (sample std / √seeds); a gain's SE adds the start
 eval's binomial SE in quadrature; a paired difference is the mean ± SE of the per-seed differences
@@ -20,19 +21,24 @@ def mean_se(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan"))
 
 
-def load(sweep_dir: Path) -> tuple[dict, dict[str, dict[int, float]], dict[str, list[float]]]:
-    path = sweep_dir / "results.json"
-    if not path.is_file():
-        raise SystemExit(f"{path}: not found (run `intro-lite sweep --report {sweep_dir}` first)")
-    data = json.loads(path.read_text())
+def load(spec: str) -> tuple[dict, dict[str, dict[int, float]], dict[str, list[float]]]:
+    """The cells of one sweep dir, or of several joined by '+' (e.g. more seeds run later; same start)."""
+    cells = []
+    for sweep_dir in map(Path, spec.split("+")):
+        path = sweep_dir / "results.json"
+        if not path.is_file():
+            raise SystemExit(f"{path}: not found (run `intro-lite sweep --report {sweep_dir}` first)")
+        cells += json.loads(path.read_text())["cells"]
     finals: dict[str, dict[int, float]] = {}
     lengths: dict[str, list[float]] = {}
     start = None
-    for cell in data["cells"]:
+    for cell in cells:
         after = [e for e in cell["evals"] if e["when"] == "after"]
         before = [e for e in cell["evals"] if e["when"] == "before"]
         if before and start is None:
             start = before[0]
+        elif before and before[0]["accuracy"] != start["accuracy"]:
+            raise SystemExit(f"{spec}: cells start from different evals ({start['accuracy']} vs {before[0]['accuracy']})")
         if cell["status"] == "done" and after:
             finals.setdefault(cell["method"], {})[cell["values"].get("seed", 0)] = 100 * after[-1]["accuracy"]
             lengths.setdefault(cell["method"], []).append(after[-1]["mean_length"])
@@ -43,7 +49,7 @@ def load(sweep_dir: Path) -> tuple[dict, dict[str, dict[int, float]], dict[str, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sweeps", nargs="+", type=Path)
+    ap.add_argument("sweeps", nargs="+", help="sweep dirs (DIR or DIR+DIR...: one end of a comparison)")
     ap.add_argument("--pairs", default="intro:raft++,intro:grpo", help="a:b,... paired differences a − b")
     args = ap.parse_args()
     pairs = [tuple(p.split(":")) for p in args.pairs.split(",") if p]
@@ -52,7 +58,7 @@ def main() -> None:
         start, finals, lengths = load(d)
         p0, n0 = start["accuracy"], start["n_problems"]
         s0, se0 = 100 * p0, 100 * math.sqrt(p0 * (1 - p0) / n0)
-        print(f"\n### {d.name}: start {s0:.1f} ± {se0:.1f}% (binomial, {n0} problems), length {start['mean_length']:.1f}\n")
+        print(f"\n### {' + '.join(Path(x).name for x in d.split('+'))}: start {s0:.1f} ± {se0:.1f}% (binomial, {n0} problems), length {start['mean_length']:.1f}\n")
         print("| method | seeds | held-out acc (%) mean ± SE | gain over start (points) | per seed (%) | length |")
         print("|---|---|---|---|---|---|")
         for method, by_seed in finals.items():
@@ -70,7 +76,8 @@ def main() -> None:
                 effects.setdefault((a, b), []).append((m, se))
                 print(f"| {a} − {b} | {m:+.1f} ± {se:.1f} | {', '.join(f'{x:+.1f}' for x in diffs)} |")
     if len(args.sweeps) == 2:
-        print(f"\n| difference of differences ({args.sweeps[0].name} − {args.sweeps[1].name}) | points |\n|---|---|")
+        names = [Path(x.split("+")[0]).name for x in args.sweeps]
+        print(f"\n| difference of differences ({names[0]} − {names[1]}) | points |\n|---|---|")
         for (a, b), vals in effects.items():
             if len(vals) == 2:
                 (m1, s1), (m2, s2) = vals

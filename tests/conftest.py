@@ -33,7 +33,7 @@ def tiny_default_assets():
 @pytest.fixture(scope="session")
 def tiny_demo_assets():
     """The model recipes/tiny.toml trains: the choice task at the informative end of its dial
-    (preset `choice`, ~30% accurate after its warm-up; ~1.5 min to build once on 2 idle cores)."""
+    (preset `choice`, ~27% accurate after its warm-up; ~3.5 min to build once on 2 cores)."""
     from intro_lite.tiny import ensure_tiny_assets
 
     return ensure_tiny_assets(preset="choice")
