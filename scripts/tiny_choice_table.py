@@ -15,26 +15,18 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from intro_lite.grading import extract_boxed
 from intro_lite.io import read_jsonl
-from intro_lite.tiny import format_hint_prompt, format_prompt, tiny_assets
+from intro_lite.tiny import generate_tiny, tiny_assets
 from intro_lite.tiny.choice import branch_of
 
 
 def table_row(model, tok, records, *, hinted: bool, greedy: bool, seed: int = 0) -> tuple[float, float, float]:
-    torch.manual_seed(seed)
-    tok.padding_side = "left"
+    """(accuracy, right-branch rate, accuracy among right-branch rationales)."""
+    rows = generate_tiny(model, tok, records, max_new_tokens=48, greedy=greedy, batch_size=100, seed=seed, hinted=hinted)
     acc = right = right_ok = 0
-    for start in range(0, len(records), 100):
-        chunk = records[start:start + 100]
-        prompts = [format_hint_prompt(r["problem"], r["answer"]) if hinted else format_prompt(r["problem"]) for r in chunk]
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=48, do_sample=not greedy, temperature=None if greedy else 1.0,
-                                 top_k=None if greedy else 0, top_p=None if greedy else 1.0,
-                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        for r, row in zip(chunk, gen[:, enc["input_ids"].shape[1]:].tolist()):
-            text = tok.decode(row, skip_special_tokens=True)
-            ok, branch = extract_boxed(text) == r["answer"], branch_of(r["problem"], text)
-            acc, right, right_ok = acc + ok, right + (branch == "right"), right_ok + (ok and branch == "right")
+    for r, row in zip(records, rows):
+        text = tok.decode(row, skip_special_tokens=True)
+        ok, branch = extract_boxed(text) == r["answer"], branch_of(r["problem"], text)
+        acc, right, right_ok = acc + ok, right + (branch == "right"), right_ok + (ok and branch == "right")
     n = len(records)
     return acc / n, right / n, right_ok / max(right, 1)
 

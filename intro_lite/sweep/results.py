@@ -168,14 +168,14 @@ def _print_table(console, sweep: Sweep, rows: list[dict], start_acc: float | Non
 
 def rollouts_per_step(sweep: Sweep, results: list[CellResult]) -> int | None:
     """prompts_per_step × group_size if every finished cell's saved config agrees, else None."""
-    import tomllib
+    from intro_lite.config import load_config
 
     seen = set()
     for r in results:
         path = sweep.dir / "cells" / r.name / "config.toml"
         if r.status == "done" and path.is_file():
-            cfg = tomllib.loads(path.read_text())
-            seen.add(cfg["train"]["prompts_per_step"] * cfg["rollout"]["group_size"])
+            cfg = load_config(path)
+            seen.add(cfg.train.prompts_per_step * cfg.rollout.group_size)
     return seen.pop() if len(seen) == 1 else None
 
 

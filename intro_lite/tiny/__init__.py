@@ -45,12 +45,12 @@ from intro_lite.tiny.task import (
     warmup_examples,
 )
 from intro_lite.tiny.tokenizer import EOS_TOKEN, build_tokenizer
-from intro_lite.tiny.warmup import WarmupConfig, encode_example, evaluate_tiny, sft_warmup
+from intro_lite.tiny.warmup import WarmupConfig, encode_example, evaluate_tiny, generate_tiny, sft_warmup
 
 __all__ = [
     "read_jsonl", "BUILDER_VERSION", "MANIFEST_NAME", "PRESETS", "TinyAssets", "TinyBuildConfig", "default_cache_root",
     "ensure_tiny_assets", "load_manifest", "resolve_model_path", "tiny_assets", "TinyModelConfig", "build_tiny_model",
     "count_parameters", "HINT_TEMPLATE", "PROMPT_TEMPLATE", "ArithProblem", "TaskConfig", "format_hint_prompt",
     "format_problem", "format_prompt", "format_solution", "generate_records", "parse_problem", "warmup_examples",
-    "EOS_TOKEN", "build_tokenizer", "WarmupConfig", "encode_example", "evaluate_tiny", "sft_warmup",
+    "EOS_TOKEN", "build_tokenizer", "WarmupConfig", "encode_example", "evaluate_tiny", "generate_tiny", "sft_warmup",
 ]

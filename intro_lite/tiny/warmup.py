@@ -144,7 +144,7 @@ def sft_warmup(
     return losses
 
 
-def evaluate_tiny(
+def generate_tiny(
     model,
     tokenizer,
     records: Sequence[dict[str, Any]],
@@ -154,27 +154,21 @@ def evaluate_tiny(
     batch_size: int = 64,
     seed: int = 0,
     hinted: bool = False,
-) -> tuple[float, float]:
-    """``(accuracy, mean generated length in tokens)`` with HF ``generate``.
+) -> list[list[int]]:
+    """Each record's generated token ids up to and including eos (pads excluded), with HF ``generate``.
 
     ``hinted=True`` prompts with x ⊕ y (the record's answer in the hint template) instead
     of x: the answer-conditioned model InTRO uses as its teacher.
-
-    Accuracy is an exact string match of the last ``\\boxed{}`` against ``answer``.
-    The length counts generated tokens up to and including eos (pads excluded).
     Sampling (``greedy=False``) is plain temperature 1, seeded.
     """
     import torch
 
-    if not records:
-        return 0.0, 0.0
     torch.manual_seed(seed)
     was_training = model.training
     model.eval()
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only batch generation needs left padding
-    correct = 0
-    total_len = 0
+    out: list[list[int]] = []
     try:
         for start in range(0, len(records), batch_size):
             chunk = records[start : start + batch_size]
@@ -198,15 +192,25 @@ def evaluate_tiny(
                     eos_token_id=tokenizer.eos_token_id,
                     pad_token_id=tokenizer.pad_token_id,
                 )
-            new = gen[:, enc["input_ids"].shape[1] :]
-            for r, row in zip(chunk, new.tolist()):
+            for row in gen[:, enc["input_ids"].shape[1] :].tolist():
                 if tokenizer.eos_token_id in row:
                     row = row[: row.index(tokenizer.eos_token_id) + 1]
-                total_len += len(row)
-                text = tokenizer.decode(row, skip_special_tokens=True)
-                if extract_boxed(text) == str(r["answer"]).strip():
-                    correct += 1
+                out.append(row)
     finally:
         tokenizer.padding_side = old_side
         model.train(was_training)
-    return correct / len(records), total_len / len(records)
+    return out
+
+
+def evaluate_tiny(model, tokenizer, records: Sequence[dict[str, Any]], **kwargs) -> tuple[float, float]:
+    """``(accuracy, mean generated length in tokens)`` of ``generate_tiny(model, tokenizer, records, **kwargs)``.
+
+    Accuracy is an exact string match of the last ``\\boxed{}`` against ``answer``; the length
+    counts generated tokens up to and including eos.
+    """
+    if not records:
+        return 0.0, 0.0
+    rows = generate_tiny(model, tokenizer, records, **kwargs)
+    correct = sum(extract_boxed(tokenizer.decode(row, skip_special_tokens=True)) == str(r["answer"]).strip()
+                  for r, row in zip(records, rows))
+    return correct / len(records), sum(map(len, rows)) / len(records)

@@ -5,6 +5,7 @@ with the fix to try, written into the record (`alarms`) and counted in the final
 from __future__ import annotations
 
 import math
+from collections import deque
 
 FIXES = {
     "truncated": "raise rollout.max_new_tokens (and rollout.max_model_len), or lower rollout.temperature",
@@ -26,7 +27,7 @@ class Alarms:
     def __init__(self, cfg, samples_per_step: int):
         self.cfg, self.samples_per_step = cfg, samples_per_step
         self.no_correct_streak, self.last_version = 0, None
-        self.accuracies: list[float] = []
+        self.accuracies: deque[float] = deque(maxlen=cfg.accuracy_window)  # the rolling window
         self.best_window: float | None = None
         self.counts: dict[str, int] = {}
 
@@ -64,8 +65,8 @@ class Alarms:
             alarm("entropy_collapse", f"policy entropy {h:.3f} nats/token")
         if (acc := r.get("rollout_accuracy")) is not None:
             self.accuracies.append(acc)
-            if len(self.accuracies) >= c.accuracy_window:
-                now = sum(self.accuracies[-c.accuracy_window:]) / c.accuracy_window
+            if len(self.accuracies) == c.accuracy_window:
+                now = sum(self.accuracies) / c.accuracy_window
                 best = self.best_window
                 if best and now < c.accuracy_drop * best:
                     alarm("accuracy_drop", f"rollout accuracy over the last {c.accuracy_window} steps is {now:.2f}, "
