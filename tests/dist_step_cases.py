@@ -8,6 +8,7 @@ which saves each rank's results to OUT.rank<r>.pt. Not a test module itself (no 
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import torch
 
@@ -20,11 +21,20 @@ CASES = [
     ("grpo", "grpo", {"beta": 0.04}, lambda p, k: (k + p) % 2),
     ("raft++", "raft++", {}, lambda p, k: (k * p) % 2),
     ("gpg", "gpg", {}, lambda p, k: p != 1 and (k + p) % 2),  # prompt 1's group is flat: GPG's α = 4/3
+    # The other objectives (docs/scale.md's normaliser table): each batch-wide total must be the global one.
+    ("sft", "sft", {}, lambda p, k: 1),
+    ("dr_grpo", "dr_grpo", {}, lambda p, k: (k + p) % 2),
+    ("reinforce_rej", "reinforce_rej", {}, lambda p, k: p != 2 and (k * p) % 2),  # prompt 2's group is flat
+    ("latro", "latro", {}, lambda p, k: (k + p) % 2),
+    ("iapo", "iapo", {"mode": "last_token"}, lambda p, k: (k + p) % 2),
+    ("repro", "repro", {}, lambda p, k: (k + p) % 2),
 ]
+ANSWER = [7, 8]  # the y ids LaTRO's rows end with (after z)
 
 
-def step_rows(tok, reward, kept_only: bool):
-    """G rollouts of PROMPTS prompts (random ids, different lengths), group = prompt position in the batch."""
+def step_rows(tok, reward, kept_only: bool, answer_suffix: bool = False):
+    """G rollouts of PROMPTS prompts (random ids, different lengths), group = prompt position in the batch;
+    with `answer_suffix` (LaTRO) each suffix is z ⊕ y, only z in the loss mask."""
     from intro_lite.objectives import Row
 
     g = torch.Generator().manual_seed(0)
@@ -35,13 +45,13 @@ def step_rows(tok, reward, kept_only: bool):
             z = torch.randint(5, V, (3 + 2 * k + p,), generator=g).tolist()
             r = float(bool(reward(p, k)))
             if r or not kept_only:
-                rows.append(Row(p, p, x, x + [7, 8], z, len(z), r))
+                rows.append(Row(p, p, x, x + ANSWER, z + ANSWER if answer_suffix else z, len(z), r))
     return rows
 
 
 def run(model_dir: str) -> dict:
     """{case: (loss, grad_norm, stats, parameters after one SGD(lr=1) step, rows, stats of one-row micro-batches)}
-    on this rank's prompts. Micro-batches of 2 rows split 1 and 2 processes' rows differently (the loss must
+    on this rank's prompts. Micro-batches of 4 rows split 1 and 2 processes' rows differently (12 rows: 4+4+4 vs 4+2 on each rank) (the loss must
     not care); the non-count stats are row-weighted means of micro-batch means, so they are compared on
     one-row micro-batches, where both splits weigh the same rows alike."""
     from intro_lite.config import load_config
@@ -57,21 +67,22 @@ def run(model_dir: str) -> dict:
     g = torch.Generator().manual_seed(1)
     start = [torch.randn(p.shape, generator=g) * 0.05 for p in params]  # B != 0: every LoRA matrix gets a gradient
     lo, hi = dist.shard(PROMPTS)
+    problems = [SimpleNamespace(answer=str(10 + p), solution=f"so it is {10 + p}") for p in range(PROMPTS)]  # RePro's answers
     out = {}
     for case, name, okw, reward in CASES:
         objective = get_objective(name)
         needs = needs_of(objective, **okw)
-        rows = [r for r in step_rows(tok, reward, needs.kept_only) if lo <= r.group < hi]
-        setup = PassSetup(model, objective, needs, okw, tok.pad_token_id, tok, [], 16)
+        rows = [r for r in step_rows(tok, reward, needs.kept_only, needs.answer_suffix) if lo <= r.group < hi]
+        setup = PassSetup(model, objective, needs, okw, tok.pad_token_id, tok, problems, 16)
         runs = []
-        for mb in (2, 1):
+        for mb in (4, 1):
             with torch.no_grad():
                 for p, s in zip(params, start):
                     p.copy_(s)
             # SGD with lr 1: the step moves each parameter by minus its (global) gradient.
             opt = torch.optim.SGD(params, lr=1.0)
             runs.append(train_step(setup, opt, rows, micro_batch_size=mb, max_grad_norm=1e9, generator_seed=11))
-            if mb == 2:
+            if mb == 4:
                 after = [p.detach().clone() for p in params]
         out[case] = (runs[0].loss, runs[0].grad_norm, runs[0].stats, after, len(rows), runs[1].stats)
     return out

@@ -40,7 +40,9 @@ def test_train_step_on_two_ranks_equals_one_process(two_ranks, one_process, case
         assert shares[1] == 0  # rank 1 kept nothing, yet joined every collective
     for rank in two_ranks:  # every rank logs the global figures and holds the same adapter
         r_loss, r_norm, r_stats, r_params, _, r_stats_1 = rank[case]
-        assert r_loss == pytest.approx(loss, rel=1e-6, abs=1e-9)
+        # abs 1e-6: dr_grpo's and iapo's losses here are O(1) terms that cancel to ~1e-8 (ratio 1, zero-mean
+        # advantages), so their last digits are round-off that depends on the micro-batch split
+        assert r_loss == pytest.approx(loss, rel=1e-6, abs=1e-6)
         assert r_norm == pytest.approx(grad_norm, rel=1e-6)
         assert r_stats.keys() == stats.keys()
         for k in stats:
