@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -252,9 +253,29 @@ def suffix_hidden(model, prefixes: list[list[int]], suffixes: list[list[int]], p
     prefix ⊕ suffix<t), the suffix ids `[B, T]` and mask `[B, T]`: `suffix_logits` before the LM
     head (`lm_head_weight`), for losses that make the logits themselves, chunk by chunk. Grad mode
     is the caller's. Rows run in length buckets (`length_buckets`), each padded only to its own
-    longest prefix ⊕ suffix; hidden states at padded suffix positions (mask 0) are meaningless."""
-    device = next(p for p in model.parameters()).device
+    longest prefix ⊕ suffix; hidden states at padded suffix positions (mask 0) are meaningless.
+    Rows with the same prefix (a prompt's G rollouts) share one pass over it (`_shared_prefix_hidden`)
+    where the model allows; the result is the same up to float rounding."""
     base = model.get_base_model()  # LoRA layers are injected in place, so the adapter stays active
+    uniq: dict[tuple[int, ...], int] = {}
+    owner = [uniq.setdefault(tuple(p), len(uniq)) for p in prefixes]
+    if len(uniq) < len(prefixes) and _can_share_prefixes(base):
+        with _no_checkpointing_without_grad(base):
+            picked = _shared_prefix_hidden(base, [list(u) for u in uniq], owner, suffixes, pad_id)
+    else:
+        picked = _bucketed_hidden(base, prefixes, suffixes, pad_id)
+    T = picked.shape[1]
+    tokens = torch.zeros((len(suffixes), T), dtype=torch.long)
+    mask = torch.zeros((len(suffixes), T), dtype=torch.float32)
+    for b, s in enumerate(suffixes):
+        tokens[b, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[b, : len(s)] = 1.0
+    return picked, tokens.to(picked.device), mask.to(picked.device)
+
+
+def _bucketed_hidden(base, prefixes: list[list[int]], suffixes: list[list[int]], pad_id: int) -> torch.Tensor:
+    """`suffix_hidden`'s states, one forward of prefix ⊕ suffix per length bucket."""
+    device = next(p for p in base.parameters()).device
     T = max(len(s) for s in suffixes)
     groups = length_buckets([len(p) + len(s) for p, s in zip(prefixes, suffixes)])
     pieces = []
@@ -263,17 +284,84 @@ def suffix_hidden(model, prefixes: list[list[int]], suffixes: list[list[int]], p
         hidden = base.model(input_ids=ids, attention_mask=attn).last_hidden_state  # [b, L, H]
         picked = torch.gather(hidden, 1, pred_pos.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))
         pieces.append(torch.nn.functional.pad(picked, (0, 0, 0, T - picked.shape[1])))
+    return _in_row_order(pieces, groups, len(prefixes))
+
+
+def _in_row_order(pieces: list[torch.Tensor], groups: list[list[int]], n: int) -> torch.Tensor:
+    """Concatenate per-bucket results and put their rows back in the callers' order."""
     picked = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
-    if len(groups) > 1 or groups[0] != list(range(len(prefixes))):
-        where = torch.empty(len(prefixes), dtype=torch.long)
-        where[[b for rows in groups for b in rows]] = torch.arange(len(prefixes))
-        picked = picked.index_select(0, where.to(device))  # back to the callers' row order
-    tokens = torch.zeros((len(suffixes), T), dtype=torch.long)
-    mask = torch.zeros((len(suffixes), T), dtype=torch.float32)
-    for b, s in enumerate(suffixes):
-        tokens[b, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[b, : len(s)] = 1.0
-    return picked, tokens.to(device), mask.to(device)
+    if len(groups) > 1 or groups[0] != list(range(n)):
+        where = torch.empty(n, dtype=torch.long)
+        where[[b for rows in groups for b in rows]] = torch.arange(n)
+        picked = picked.index_select(0, where.to(picked.device))
+    return picked
+
+
+def _can_share_prefixes(base) -> bool:
+    """A shared prefix needs a KV cache the suffix pass can attend to: plain full-attention layers (no
+    sliding window or recurrent state), and no gradient checkpointing where it would drop the cache
+    (transformers sets past_key_values=None in checkpointed layers while training with grad)."""
+    types = getattr(base.config, "layer_types", None) or ["full_attention"]
+    if any(t != "full_attention" for t in types) or getattr(base.config, "use_sliding_window", False):
+        return False
+    return not (torch.is_grad_enabled() and base.training and getattr(base, "is_gradient_checkpointing", False))
+
+
+@contextlib.contextmanager
+def _no_checkpointing_without_grad(base):
+    """Without grad, checkpointing saves nothing, but it would still drop the KV cache: lift it for the pass."""
+    layers = [m for m in base.modules() if getattr(m, "gradient_checkpointing", False)] if not torch.is_grad_enabled() else []
+    for m in layers:
+        m.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.gradient_checkpointing = True
+
+
+def _shared_prefix_hidden(base, uniq: list[list[int]], owner: list[int], suffixes: list[list[int]], pad_id: int) -> torch.Tensor:
+    """`suffix_hidden`'s states with each distinct prefix run once: one pass over the (right-padded)
+    distinct prefixes keeps their KV cache, then each length bucket of suffixes runs on top of its
+    rows' prefix caches (gathered by `owner`, row -> prefix), with the prefix padding masked out and
+    positions continuing from each row's own prefix length. Gradients reach the shared prefix pass
+    through the gathered caches (index_select sums the rows' contributions)."""
+    from transformers import DynamicCache
+
+    device = next(p for p in base.parameters()).device
+    P, Lp = len(uniq), max(len(u) for u in uniq)
+    ids = torch.full((P, Lp), pad_id, dtype=torch.long)
+    attn = torch.zeros((P, Lp), dtype=torch.long)
+    for i, u in enumerate(uniq):
+        ids[i, : len(u)] = torch.tensor(u, dtype=torch.long)
+        attn[i, : len(u)] = 1
+    ids, attn = ids.to(device), attn.to(device)
+    out = base.model(input_ids=ids, attention_mask=attn, use_cache=True)
+    prefix_hidden, cache = out.last_hidden_state, out.past_key_values
+    kv = [(layer.keys, layer.values) for layer in cache.layers]
+    last = torch.tensor([len(u) - 1 for u in uniq], device=device)
+    T = max(len(s) for s in suffixes)
+    groups = length_buckets([len(s) for s in suffixes])
+    pieces = []
+    for rows in groups:
+        who = torch.tensor([owner[b] for b in rows], device=device)
+        Ls = max(len(suffixes[b]) for b in rows)
+        s_ids = torch.full((len(rows), Ls), pad_id, dtype=torch.long)
+        s_attn = torch.zeros((len(rows), Ls), dtype=torch.long)
+        for j, b in enumerate(rows):
+            s_ids[j, : len(suffixes[b])] = torch.tensor(suffixes[b], dtype=torch.long)
+            s_attn[j, : len(suffixes[b])] = 1
+        # Suffix token t sits at position len(prefix) + t (RoPE), at cache slot Lp + t (the mask).
+        positions = (last[who] + 1).unsqueeze(1) + torch.arange(Ls, device=device)
+        rows_cache = DynamicCache(ddp_cache_data=[(k.index_select(0, who), v.index_select(0, who)) for k, v in kv])
+        hidden = base.model(input_ids=s_ids.to(device), attention_mask=torch.cat([attn[who], s_attn.to(device)], 1),
+                            position_ids=positions, past_key_values=rows_cache, use_cache=True,
+                            cache_position=torch.arange(Lp, Lp + Ls, device=device)).last_hidden_state
+        # Token 0 is predicted by the prefix's last position, token t > 0 by suffix position t - 1.
+        first = prefix_hidden[who, last[who]].unsqueeze(1)
+        picked = torch.cat([first, hidden[:, : Ls - 1]], 1)
+        pieces.append(torch.nn.functional.pad(picked, (0, 0, 0, T - Ls)))
+    return _in_row_order(pieces, groups, len(suffixes))
 
 
 def lm_head_weight(model) -> torch.Tensor:
