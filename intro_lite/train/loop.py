@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from rich.markup import escape
 
+from intro_lite.alloc import keep_freed_memory
 from intro_lite.config import Config, load_config, to_toml
 from intro_lite.data.problems import LoadReport, Problem, PromptSampler, encode_prompts, load_problems, render_prompt
 from intro_lite.rollout.engine import RolloutEngine
@@ -46,6 +47,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
     run_dir, model_path = cfg.run_dir, resolve_model_path(cfg.model.name_or_path)
     own_engine, own_grader = engine is None, grader is None
     dist.init(cfg.model.device)  # under torchrun: the process group, before vLLM starts (it builds on it)
+    keep_freed_memory()  # no page faults on re-allocated logits (intro_lite/alloc.py)
     grader = grader or Grader(reward=cfg.reward)
     # Inputs checked before anything is written; then the run dir, and on --resume the checkpoint to trust.
     objective, okw, needs, data, warn, ckpt = open_run(cfg, model_path, grader, resume=resume)
