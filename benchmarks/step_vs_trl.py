@@ -112,32 +112,34 @@ def ensure_model(data: Path) -> Path:
 
 
 def model_flops(n_params_body: int, n_lora: int, prompt_lens: list[int], hint_lens: list[int], *, posterior: bool) -> dict:
-    """Matmul FLOPs of one optimizer step: rollouts (prefill once per prompt, 64 decode tokens per
-    rollout with a KV cache), the policy pass (forward + backward; the frozen base needs input
-    gradients only, LoRA also weight gradients), the answer-conditioned pass (forward) if any.
-    Linear layers 2·N per token, attention 4·d·context per token per layer, LM head 2·d·V per
-    position whose logits are computed (rationale positions only, and one per decode step)."""
+    """Matmul FLOPs of one optimizer step, the work the algorithm needs, whoever does more: rollouts
+    (prefill once per prompt, 64 decode tokens per rollout with a KV cache), the policy pass (forward +
+    backward; the frozen base needs input gradients only, LoRA also weight gradients), the
+    answer-conditioned pass (forward) if any. A prompt's G rollouts share its prefix, so each pass
+    counts the prefix (x, or x ⊕ y) once per prompt and the 64 rationale tokens per rollout, as the
+    rollout's prefill does (intro-lite runs it so since c3165f3; TRL recomputes the prefix per
+    rollout, which this count does not credit). Linear layers 2·N per token, attention
+    4·d·context per token per layer, LM head 2·d·V per position whose logits are computed (rationale
+    positions only, and one per decode step)."""
     d, L, V = MODEL["hidden_size"], MODEL["num_hidden_layers"], MODEL["vocab_size"]
     head = 2 * d * V
     lin = 2 * (n_params_body + n_lora)
 
-    def seq(prefix: int, gen: int) -> tuple[float, float]:  # forward FLOPs of prefix ⊕ gen, logits on gen
-        s = prefix + gen
-        return s * lin + 4 * d * L * s * s / 2 + gen * head, s * 2 * n_params_body
+    def prefix(p: int) -> float:  # p tokens, causal attention among them, no logits
+        return p * lin + 4 * d * L * p * p / 2
 
-    rollout = 0.0
+    def rationale(p: int) -> float:  # NEW_TOKENS tokens after p, logits on each
+        return NEW_TOKENS * (lin + head) + sum(4 * d * L * (p + t) for t in range(NEW_TOKENS))
+
+    rollout = fwd = bwd = post = 0.0
     for p in prompt_lens:
-        rollout += p * lin + 4 * d * L * p * p / 2  # prefill once per prompt (shared by its G samples)
-        for _ in range(G):
-            rollout += NEW_TOKENS * (lin + head) + sum(4 * d * L * (p + t) for t in range(NEW_TOKENS))
-    fwd = bwd = post = 0.0
-    for p in prompt_lens:
-        f, _ = seq(p, NEW_TOKENS)
-        fwd += G * f
-        bwd += G * (f + 2 * (p + NEW_TOKENS) * 2 * n_lora)  # input grads ≈ forward, + LoRA weight grads
+        rollout += prefix(p) + G * rationale(p)
+        f = prefix(p) + G * rationale(p)
+        fwd += f
+        bwd += f + 2 * (p + G * NEW_TOKENS) * 2 * n_lora  # input grads ≈ forward, + LoRA weight grads
     if posterior:
         for p in hint_lens:
-            post += G * seq(p, NEW_TOKENS)[0]
+            post += prefix(p) + G * rationale(p)
     return {"rollout": rollout, "forward": fwd + post, "backward": bwd, "total": rollout + fwd + bwd + post}
 
 
