@@ -95,6 +95,8 @@ def test_kill_before_the_first_checkpoint_resumes_from_step_0(tiny_assets, tmp_p
     assert len(metrics(tmp_path / "early" / "metrics.jsonl")) == 1
     resumed = run_cli(tmp_path, "early", *TEST_PRESET, resume=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [line for line in resumed.stderr.splitlines() if line.startswith("warning:")] == [
+        f"warning: --resume: no usable checkpoint in {tmp_path / 'early' / 'checkpoints'}; starting again from step 0"]
     runs = metrics(tmp_path / "early" / "metrics.jsonl")
     assert [r["step"] for r in runs] == [1, 2, 3, 4]  # step 1 logged once, not twice
     assert (tmp_path / "early" / "final" / "adapter_model.safetensors").exists()

@@ -138,6 +138,7 @@ def open_run(cfg: Config, model_path: str, grader: Grader, *, resume: bool):
     if ckpt is not None:
         check_world_size(ckpt)
     if resume and ckpt is None and dist.is_main():
+        warn(f"--resume: no usable checkpoint in {cfg.run_dir / 'checkpoints'}; starting again from step 0")
         clear_run_logs(cfg.run_dir)  # it died before its first (verifiable) checkpoint: start again from step 0
     dist.barrier()  # the run dir is ready before any rank writes its adapter into it
     return objective, okw, needs, data, warn, ckpt
