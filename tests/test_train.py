@@ -7,7 +7,8 @@ import torch
 
 from intro_lite.config import load_config
 from intro_lite.objectives import Row, get_objective, needs_of
-from intro_lite.policy import load_policy, save_adapter, suffix_logits, trainable_parameters
+from intro_lite.policy import load_policy, save_adapter, trainable_parameters
+from intro_lite.suffix import suffix_logits
 from intro_lite.train import PassSetup, train_step
 
 pytestmark = pytest.mark.slow

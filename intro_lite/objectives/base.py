@@ -141,7 +141,7 @@ class PassContext:
     tokenizer: Any
     problems: list
     # logits(prefixes, suffixes) -> (logits [B, T, V] predicting each suffix token, suffix ids, mask), as
-    # policy.suffix_logits with the adapter on; the caller holds no_grad.
+    # suffix.suffix_logits with the adapter on; the caller holds no_grad.
     logits: Callable[[list[list[int]], list[list[int]]], tuple[Tensor, Tensor, Tensor]]
 
 

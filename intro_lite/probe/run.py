@@ -20,7 +20,8 @@ from intro_lite.data.problems import PromptSampler, load_problems
 from intro_lite.grading import Grader
 from intro_lite.io import write_atomic
 from intro_lite.objectives.intro import DEFAULT_CHUNK_SIZE
-from intro_lite.policy import check_adapter_matches_base, lm_head_weight, load_policy, suffix_hidden
+from intro_lite.policy import check_adapter_matches_base, load_policy
+from intro_lite.suffix import lm_head_weight, suffix_hidden
 from intro_lite.probe.stats import (ANSWER_MARKERS, CLASSES, Thresholds, last_number_before_answer,
                                     masked_means, position_stats, posterior_check, relative_deciles, same_number,
                                     token_classes, verdict)
