@@ -92,13 +92,18 @@ def bad_gold_data(tiny_assets, path, n_bad: int, null_problem: bool = False):
     return ("--set", f'data.source="{path}"', "--set", "data.answer_field=answer", "--set", "objective=intro")
 
 
-def test_gold_answers_the_grader_cannot_parse(tiny_assets, tmp_path):
+def test_gold_answers_the_grader_cannot_parse(tiny_assets, tmp_path, monkeypatch):
+    from intro_lite.grading import Grader
+
+    closed, close = [], Grader.close
+    monkeypatch.setattr(Grader, "close", lambda self: closed.append(self) or close(self))
     data = tmp_path / "bad.jsonl"
     result = train_in_process(tmp_path, "recipes/tiny.toml", *TEST_PRESET, *bad_gold_data(tiny_assets, data, 40))
     assert result.exit_code == 2, result.output
     assert error_lines(result.output) == [f"error: data.source {data}: the grader cannot parse any of 40 sampled gold "
                                           "answers (first: id 'tiny/train/0', answer '}{')"]
     assert not (tmp_path / "out").exists()
+    assert len(closed) == 1 and closed[0]._proc is None  # the run's own grader (it graded the golds) was closed
 
 
 def test_some_bad_golds_and_skipped_records_are_one_warning_each(tiny_assets, tmp_path):

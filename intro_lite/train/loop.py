@@ -48,9 +48,8 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
     own_engine, own_grader = engine is None, grader is None
     dist.init(cfg.model.device)  # under torchrun: the process group, before vLLM starts (it builds on it)
     keep_freed_memory()  # no page faults on re-allocated logits (intro_lite/alloc.py)
-    grader = grader or Grader(reward=cfg.reward)
     # Inputs checked before anything is written; then the run dir, and on --resume the checkpoint to trust.
-    objective, okw, needs, data, warn, ckpt = open_run(cfg, model_path, grader, resume=resume)
+    grader, objective, okw, needs, data, warn, ckpt = open_run(cfg, model_path, grader, resume=resume)
     seed_everything(cfg.seed + dist.rank())  # ranks draw apart (LoRA dropout); rank 0 as one process does
     model, tokenizer = load_replicas(cfg, model_path)  # every rank starts from rank 0's fresh adapter
     problems, x_ids, xy_ids = tokenize_problems(cfg, tokenizer, data)
@@ -119,9 +118,19 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
 # Helpers, in the order the loop uses them
 
 
-def open_run(cfg: Config, model_path: str, grader: Grader, *, resume: bool):
-    """Check the inputs (context, data, gold answers), prepare the run dir, pick the checkpoint to resume.
-    Returns the objective, its kwargs and needs, the problems, the run's warning sink and the checkpoint."""
+def open_run(cfg: Config, model_path: str, grader: Grader | None, *, resume: bool):
+    """Check the inputs (context, data, gold answers), prepare the run dir, pick the checkpoint to resume. Returns
+    the grader (a new one is closed if a check fails), objective, kwargs, needs, problems, warning sink, checkpoint."""
+    own, grader = grader is None, grader or Grader(reward=cfg.reward)
+    try:
+        return (grader, *_open_run(cfg, model_path, grader, resume=resume))
+    except BaseException:
+        if own:  # its worker process would outlive a sweep's failed cell
+            grader.close()
+        raise
+
+
+def _open_run(cfg: Config, model_path: str, grader: Grader, *, resume: bool):
     check_context_length(cfg, model_path)
     dist.check_split(cfg.train.prompts_per_step, dist.world())
     objective, okw = get_objective(cfg.objective), cfg.objective_kwargs()
