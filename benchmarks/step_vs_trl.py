@@ -3,6 +3,7 @@
     python benchmarks/step_vs_trl.py                      # mode "step": intro, grpo (β = 0), TRL GRPO
     python benchmarks/step_vs_trl.py --steps 5 --repeats 2 --warmup 1
     python benchmarks/step_vs_trl.py --mode loss-memory   # naive two-pass logits vs the chunked loss
+    python benchmarks/step_vs_trl.py --sides intro,trl,trl-keep   # TRL also with intro-lite's allocator setting
 
 Mode ``step`` (needs TRL: ``pip install -e '.[bench]'``, see docs/performance.md). Workload, identical on both sides:
 a Qwen2-architecture model of ~28M parameters (hidden 512, 4 layers, 8 query / 2 KV heads of
@@ -400,7 +401,7 @@ def loss_child(args) -> dict:
 def run_child(kind: str, args, extra: list[str], logdir: Path) -> dict:
     result = logdir / f"{kind}-{len(list(logdir.glob(kind + '-*.json')))}.json"
     log = result.with_suffix(".log")
-    cmd = [sys.executable, str(HERE), "--child", kind, "--result", str(result), "--steps", str(args.steps),
+    cmd = [sys.executable, str(HERE), "--child", kind.removesuffix("-keep"), "--result", str(result), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--data", str(args.data), "--quantization", args.quantization,
            "--dtype", args.dtype, *extra]
     for s in args.set:
@@ -413,6 +414,8 @@ def run_child(kind: str, args, extra: list[str], logdir: Path) -> dict:
     # default leaves TRL with OpenMP's own (spinning) default, faster on idle cores.
     if args.omp_wait_policy == "passive":
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if kind == "trl-keep":  # TRL with the glibc setting intro-lite's train() makes (intro_lite/alloc.py), via glibc's env
+        env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**31 - 1))
     t, load_start = time.perf_counter(), os.getloadavg()[0]
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
@@ -473,14 +476,15 @@ def step_mode(args) -> None:
     flops = {obj: statistics.mean(model_flops(body, lora, [len(x_ids[i]) for i in b], [len(xy_ids[i]) for i in b],
                                               posterior=obj == "intro")["total"] for b in batches)
              for obj in ("intro", "grpo", "trl")}
+    flops["trl-keep"] = flops["trl"]
     n_params = json.loads((model_dir / "config.json").read_text())
     console.print(f"model: {model_dir} ({(model_dir / 'COMPLETE').read_text().strip()} parameters; "
                   f"{n_params['hidden_size']} hidden, {n_params['num_hidden_layers']} layers, vocab {n_params['vocab_size']})")
 
-    kinds = [k for k in ("intro", "grpo", "trl") if k in args.sides.split(",")]
+    kinds = [k for k in ("intro", "grpo", "trl", "trl-keep") if k in args.sides.split(",")]
     if args.profile:
         logdir = Path(tempfile.mkdtemp(prefix="intro-lite-bench-"))
-        for kind in (k for k in kinds if k != "trl"):
+        for kind in (k for k in kinds if not k.startswith("trl")):
             out = run_child(kind, args, ["--profile"], logdir)
             console.print(f"[bold]{kind}[/bold]: torch.profiler over {args.steps} measured steps "
                           f"(median step {statistics.median(out['step_s']):.2f} s under the profiler)")
@@ -500,7 +504,8 @@ def step_mode(args) -> None:
         console.print(f"[yellow]warning:[/yellow] the peak moved by more than 10% during the run "
                       f"({peak_before:.1f} -> {peak_after:.1f}): the machine was not quiet throughout; rerun")
 
-    names = {"intro": "intro-lite intro", "grpo": "intro-lite grpo β=0", "trl": f"TRL {versions['trl']} GRPO β=0 (HF generate)"}
+    names = {"intro": "intro-lite intro", "grpo": "intro-lite grpo β=0", "trl": f"TRL {versions['trl']} GRPO β=0 (HF generate)",
+             "trl-keep": f"TRL {versions['trl']}, glibc keeps freed blocks"}
     table = Table(title=f"{PROMPTS} prompts × G={G} × {NEW_TOKENS} new tokens per step, {args.dtype} CPU, LoRA r={RANK}, "
                         f"{torch.get_num_threads()} torch threads; median of {args.steps} steps × {args.repeats} runs")
     for col in ("side", "s/step", "rollouts/s", "trained tok/s", "peak RSS MB", "GFLOP/step", "util %",
@@ -522,10 +527,10 @@ def step_mode(args) -> None:
                       *(f"{parts[k]:.2f}" for k in ("rollout", "grading", "forward", "backward", "sync")), f"{other:.2f}",
                       ", ".join(f"{a:.1f}-{b:.1f}" for a, b in (run["load"] for run in runs)))
     console.print(table)
-    if "trl" in summary:
+    for trl in (k for k in ("trl", "trl-keep") if k in summary):
         for kind in ("intro", "grpo"):
             if kind in summary:
-                console.print(f"throughput {names[kind]} / TRL: {summary['trl']['step'] / summary[kind]['step']:.2f}×"
+                console.print(f"throughput {names[kind]} / {names[trl]}: {summary[trl]['step'] / summary[kind]['step']:.2f}×"
                               + ("  (target ≥ 4×)" if kind == "intro" else ""))
     if "intro" in summary:
         console.print(f"intro-lite intro whole-step utilisation: {summary['intro']['util']:.1f}% of the measured "
@@ -574,7 +579,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="measured optimizer steps per run")
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured steps at the start of each run")
     ap.add_argument("--repeats", type=int, default=2, help="runs per side, alternating")
-    ap.add_argument("--sides", default="intro,grpo,trl")
+    ap.add_argument("--sides", default="intro,grpo,trl",
+                    help="of intro, grpo, trl, trl-keep (TRL with the glibc setting intro-lite's train() makes)")
     ap.add_argument("--omp-wait-policy", choices=["passive", "default"], default="passive",
                     help="passive: every child sleeps at OpenMP barriers (intro-lite's own setting); "
                          "default: children keep OpenMP's default (intro-lite still sets PASSIVE itself)")
