@@ -105,7 +105,8 @@ def _in_row_order(pieces: list[torch.Tensor], groups: list[list[int]], n: int) -
 def _can_share_prefixes(base) -> bool:
     """A shared prefix needs a KV cache the suffix pass can attend to: plain full-attention layers (no
     sliding window or recurrent state), and no gradient checkpointing where it would drop the cache
-    (transformers sets past_key_values=None in checkpointed layers while training with grad)."""
+    (transformers sets past_key_values=None in checkpointed layers in training mode; without grad
+    `_no_checkpointing_without_grad` lifts the checkpointing for the pass instead)."""
     types = getattr(base.config, "layer_types", None) or ["full_attention"]
     if any(t != "full_attention" for t in types) or getattr(base.config, "use_sliding_window", False):
         return False

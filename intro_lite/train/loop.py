@@ -125,7 +125,7 @@ def open_run(cfg: Config, model_path: str, grader: Grader | None, *, resume: boo
     try:
         return (grader, *_open_run(cfg, model_path, grader, resume=resume))
     except BaseException:
-        if own:  # its worker process would outlive a sweep's failed cell
+        if own:  # stop its worker now, not whenever the object is collected
             grader.close()
         raise
 
