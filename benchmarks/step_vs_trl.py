@@ -134,8 +134,8 @@ def model_flops(n_params_body: int, n_lora: int, prompt_lens: list[int], hint_le
 
     rollout = fwd = bwd = post = 0.0
     for p in prompt_lens:
-        rollout += prefix(p) + G * rationale(p)
-        f = prefix(p) + G * rationale(p)
+        f = prefix(p) + G * rationale(p)  # the rollout (prefill + decode) and the policy forward alike
+        rollout += f
         fwd += f
         bwd += f + 2 * (p + G * NEW_TOKENS) * 2 * n_lora  # input grads ≈ forward, + LoRA weight grads
     if posterior:

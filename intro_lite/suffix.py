@@ -10,21 +10,27 @@ import math
 import torch
 
 
+def right_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids `[B, L]` and their attention mask."""
+    ids = torch.full((len(seqs), max(len(q) for q in seqs)), pad_id, dtype=torch.long)
+    attn = torch.zeros(ids.shape, dtype=torch.long)
+    for b, q in enumerate(seqs):
+        ids[b, : len(q)] = torch.tensor(q, dtype=torch.long)
+        attn[b, : len(q)] = 1
+    return ids.to(device), attn.to(device)
+
+
 def pad_concat(prefixes: list[list[int]], suffixes: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded prefix ⊕ suffix ids, attention mask, and for each suffix token the index of the
     position whose logits predict it (prefix_len - 1 + t), plus the suffix mask."""
-    lengths = [len(p) + len(s) for p, s in zip(prefixes, suffixes)]
-    B, L, T = len(prefixes), max(lengths), max(len(s) for s in suffixes)
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, L), dtype=torch.long)
+    ids, attn = right_pad([p + s for p, s in zip(prefixes, suffixes)], pad_id, device)
+    B, T = len(prefixes), max(len(s) for s in suffixes)
     pred_pos = torch.zeros((B, T), dtype=torch.long)
     mask = torch.zeros((B, T), dtype=torch.float32)
     for b, (p, s) in enumerate(zip(prefixes, suffixes)):
-        ids[b, : len(p) + len(s)] = torch.tensor(p + s, dtype=torch.long)
-        attn[b, : len(p) + len(s)] = 1
         pred_pos[b, : len(s)] = torch.arange(len(p) - 1, len(p) - 1 + len(s))
         mask[b, : len(s)] = 1.0
-    return ids.to(device), attn.to(device), pred_pos.to(device), mask.to(device)
+    return ids, attn, pred_pos.to(device), mask.to(device)
 
 
 # A forward pass costs about this many padded tokens of fixed overhead (module calls, small kernels):
@@ -135,13 +141,8 @@ def _shared_prefix_hidden(base, uniq: list[list[int]], owner: list[int], suffixe
     from transformers import DynamicCache
 
     device = next(p for p in base.parameters()).device
-    P, Lp = len(uniq), max(len(u) for u in uniq)
-    ids = torch.full((P, Lp), pad_id, dtype=torch.long)
-    attn = torch.zeros((P, Lp), dtype=torch.long)
-    for i, u in enumerate(uniq):
-        ids[i, : len(u)] = torch.tensor(u, dtype=torch.long)
-        attn[i, : len(u)] = 1
-    ids, attn = ids.to(device), attn.to(device)
+    ids, attn = right_pad(uniq, pad_id, device)
+    Lp = ids.shape[1]
     out = base.model(input_ids=ids, attention_mask=attn, use_cache=True)
     prefix_hidden, cache = out.last_hidden_state, out.past_key_values
     kv = [(layer.keys, layer.values) for layer in cache.layers]
@@ -151,16 +152,12 @@ def _shared_prefix_hidden(base, uniq: list[list[int]], owner: list[int], suffixe
     pieces = []
     for rows in groups:
         who = torch.tensor([owner[b] for b in rows], device=device)
-        Ls = max(len(suffixes[b]) for b in rows)
-        s_ids = torch.full((len(rows), Ls), pad_id, dtype=torch.long)
-        s_attn = torch.zeros((len(rows), Ls), dtype=torch.long)
-        for j, b in enumerate(rows):
-            s_ids[j, : len(suffixes[b])] = torch.tensor(suffixes[b], dtype=torch.long)
-            s_attn[j, : len(suffixes[b])] = 1
+        s_ids, s_attn = right_pad([suffixes[b] for b in rows], pad_id, device)
+        Ls = s_ids.shape[1]
         # Suffix token t sits at position len(prefix) + t (RoPE), at cache slot Lp + t (the mask).
         positions = (last[who] + 1).unsqueeze(1) + torch.arange(Ls, device=device)
         rows_cache = DynamicCache(ddp_cache_data=[(k.index_select(0, who), v.index_select(0, who)) for k, v in kv])
-        hidden = base.model(input_ids=s_ids.to(device), attention_mask=torch.cat([attn[who], s_attn.to(device)], 1),
+        hidden = base.model(input_ids=s_ids, attention_mask=torch.cat([attn[who], s_attn], 1),
                             position_ids=positions, past_key_values=rows_cache, use_cache=True,
                             cache_position=torch.arange(Lp, Lp + Ls, device=device)).last_hidden_state
         # Token 0 is predicted by the prefix's last position, token t > 0 by suffix position t - 1.

@@ -51,9 +51,9 @@ def step_rows(tok, reward, kept_only: bool, answer_suffix: bool = False):
 
 def run(model_dir: str) -> dict:
     """{case: (loss, grad_norm, stats, parameters after one SGD(lr=1) step, rows, stats of one-row micro-batches)}
-    on this rank's prompts. Micro-batches of 4 rows split 1 and 2 processes' rows differently (12 rows: 4+4+4 vs 4+2 on each rank) (the loss must
-    not care); the non-count stats are row-weighted means of micro-batch means, so they are compared on
-    one-row micro-batches, where both splits weigh the same rows alike."""
+    on this rank's prompts. Micro-batches of 4 rows split 1 and 2 processes' rows differently (12 rows: 4+4+4 on
+    one process, 4+2 on each rank), and the loss must not care. The non-count stats are row-weighted means of
+    micro-batch means, so they are compared on one-row micro-batches, where both splits weigh the rows alike."""
     from intro_lite.config import load_config
     from intro_lite.objectives import get_objective, needs_of
     from intro_lite.policy import load_policy, trainable_parameters
