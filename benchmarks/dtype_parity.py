@@ -53,7 +53,7 @@ def measure(cfg, model_path: str, adapter: Path, dtype: str, prompts: int, sampl
     from intro_lite.data.problems import encode_prompts, load_problems, render_prompt
     from intro_lite.doctor.smoke import trainer_logprobs
     from intro_lite.policy import load_adapter_weights, load_policy
-    from intro_lite.train import make_engine
+    from intro_lite.train.loop import make_engine
 
     c = copy.deepcopy(cfg)
     c.model.dtype, c.model.quantization, c.lora.init_adapter = dtype, "none", ""

@@ -160,7 +160,7 @@ def trainer_step(model, opt, meter: Meter, cfg, rows: int, prompt: int, rational
     xy = [p + ids(HINT_TOKENS) for p in x]
     z = [ids(rationale) for _ in range(rows)]
     params = trainable_parameters(model)
-    okw = cfg.intro
+    intro = cfg.intro
     phases, out = [], {}
 
     def phase(name, fn):
@@ -179,8 +179,8 @@ def trainer_step(model, opt, meter: Meter, cfg, rows: int, prompt: int, rational
         post = phase("answer-conditioned pass (no_grad)", lambda: suffix_hidden(model, xy, z, 0)[0])
     gen = torch.Generator(device=hidden.device).manual_seed(seed)
     loss, stats = phase("InTRO loss (chunked)", lambda: intro_loss_from_hidden(
-        hidden, post, lm_head_weight(model), tokens, mask, n_candidates=okw.n_candidates, clip_max=okw.clip_max,
-        generator=gen, chunk_size=okw.logits_chunk_size or DEFAULT_CHUNK_SIZE))
+        hidden, post, lm_head_weight(model), tokens, mask, n_candidates=intro.n_candidates, clip_max=intro.clip_max,
+        generator=gen, chunk_size=intro.logits_chunk_size or DEFAULT_CHUNK_SIZE))
     del post
     phase("backward", lambda: loss.backward())
     del hidden

@@ -14,14 +14,15 @@ import statistics
 import time
 from pathlib import Path
 
-OBJECTIVES = ["intro", "sft", "grpo", "dr_grpo", "raft++", "reinforce_rej", "gpg", "latro", "iapo", "repro"]
-
 
 def main() -> None:
+    from intro_lite.objectives import available
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--out", default="runs/objectives-bench")
-    ap.add_argument("--objectives", default=",".join(OBJECTIVES))
+    ap.add_argument("--objectives", default=",".join(sorted(available(), key=lambda n: n != "intro")),
+                    help="comma-separated; default every registered objective, InTRO first")
     args = ap.parse_args()
 
     from intro_lite.config import load_config

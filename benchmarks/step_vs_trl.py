@@ -180,7 +180,8 @@ def reset_peak_rss() -> None:
 
 def intro_child(args, model_dir: Path, workdir: Path) -> dict:
     """intro-lite's own loop (train()) with a fixed-length engine and the benchmark's grader."""
-    from intro_lite.train import engine_settings, train  # first, as `intro-lite train` imports it: before torch
+    from intro_lite.train.loop import engine_settings  # first, as `intro-lite train` imports it: before torch
+    from intro_lite.train import train
 
     import random
 
@@ -277,7 +278,7 @@ def trl_child(args, model_dir: Path, workdir: Path) -> dict:
 
     from intro_lite.config import load_config
     from intro_lite.data.problems import PromptSampler, load_problems, render_prompt
-    from intro_lite.train import tokenize_problems
+    from intro_lite.train.loop import tokenize_problems
 
     steps = args.warmup + args.steps + 1
     cfg = load_config(None, [f'data.source="{args.data}"', f"data.max_prompt_tokens={MAX_PROMPT}", "seed=0"])
@@ -460,7 +461,7 @@ def step_mode(args) -> None:
     # FLOPs of the workload: the prompts every side sees, in order.
     from intro_lite.config import load_config
     from intro_lite.data.problems import PromptSampler, load_problems
-    from intro_lite.train import tokenize_problems
+    from intro_lite.train.loop import tokenize_problems
     from transformers import AutoConfig
 
     cfg = load_config(None, [f'data.source="{args.data}"', f"data.max_prompt_tokens={MAX_PROMPT}", "seed=0"])

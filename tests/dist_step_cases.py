@@ -29,6 +29,14 @@ CASES = [
     ("iapo", "iapo", {"mode": "last_token"}, lambda p, k: (k + p) % 2),
     ("repro", "repro", {}, lambda p, k: (k + p) % 2),
 ]
+
+
+def all_cases() -> list:
+    """CASES, then every other registered objective with its defaults: a new one is checked without an edit here."""
+    from intro_lite.objectives import available
+
+    named = {name for _, name, _, _ in CASES}
+    return CASES + [(name, name, {}, lambda p, k: (k + p) % 2) for name in available() if name not in named]
 ANSWER = [7, 8]  # the y ids LaTRO's rows end with (after z)
 
 
@@ -55,9 +63,11 @@ def run(model_dir: str) -> dict:
     one process, 4+2 on each rank), and the loss must not care. The non-count stats are row-weighted means of
     micro-batch means, so they are compared on one-row micro-batches, where both splits weigh the rows alike."""
     from intro_lite.config import load_config
-    from intro_lite.objectives import get_objective, needs_of
+    from intro_lite.objectives import get_objective
     from intro_lite.policy import load_policy, trainable_parameters
-    from intro_lite.train import PassSetup, dist, train_step
+    from intro_lite.train.passes import PassSetup
+    from intro_lite.train import dist
+    from intro_lite.train.step import train_step
 
     cfg = load_config("recipes/tiny.toml", ["model.name_or_path=tiny-test", "data.source=tiny-test", 'eval.source=""',
                                             "model.quantization=none"])
@@ -69,11 +79,12 @@ def run(model_dir: str) -> dict:
     lo, hi = dist.shard(PROMPTS)
     problems = [SimpleNamespace(answer=str(10 + p), solution=f"so it is {10 + p}") for p in range(PROMPTS)]  # RePro's answers
     out = {}
-    for case, name, okw, reward in CASES:
+    for case, name, settings, reward in all_cases():
         objective = get_objective(name)
-        needs = needs_of(objective, **okw)
+        ocfg = objective.config(**settings) if objective.config else None
+        needs = objective.needs_for(ocfg)
         rows = [r for r in step_rows(tok, reward, needs.kept_only, needs.answer_suffix) if lo <= r.group < hi]
-        setup = PassSetup(model, objective, needs, okw, tok.pad_token_id, tok, problems, 16)
+        setup = PassSetup(model, objective, ocfg, needs, tok.pad_token_id, tok, problems, 16)
         runs = []
         for mb in (4, 1):
             with torch.no_grad():

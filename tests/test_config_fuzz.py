@@ -169,7 +169,8 @@ def test_accepted_fuzzed_recipes_train_one_step(tiny_assets, tmp_path):
 
     from intro_lite.grading import Grader
     from intro_lite.rollout.engine import RolloutEngine
-    from intro_lite.train import engine_settings, train
+    from intro_lite.train.loop import engine_settings
+    from intro_lite.train import train
 
     engines, grader = {}, Grader()
     try:

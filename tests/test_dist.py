@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from dist_step_cases import CASES, run
+from dist_step_cases import all_cases, run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +40,7 @@ def one_process(tiny_assets):
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("case", [c[0] for c in CASES])
+@pytest.mark.parametrize("case", [c[0] for c in all_cases()])
 def test_train_step_on_two_ranks_equals_one_process(two_ranks, one_process, case):
     loss, grad_norm, stats, params, n_rows, stats_1 = one_process[case]
     shares = [rank[case][4] for rank in two_ranks]

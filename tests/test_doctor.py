@@ -1,6 +1,7 @@
 """`intro-lite doctor`: the memory estimate against hand-computed numbers, and the whole command on the test preset."""
 
 import copy
+import dataclasses
 import os
 import re
 import subprocess
@@ -56,9 +57,7 @@ def test_estimate_with_a_gpu_and_the_largest_term():
     assert terms["vLLM KV cache"] == int(0.45 * 24 * GiB) - 3_087_428_608
     # Full [B, T, V] logits: 4 rows x 1536 positions x vocab x 4 bytes x 5 (policy and answer-conditioned
     # fp32 logits, a log-softmax of each, one loss temporary) = 17.4 GiB, the largest term by far.
-    full = copy.deepcopy(cfg)
-    if hasattr(full.intro, "logits_chunk_size"):
-        full.intro.logits_chunk_size = 0
+    full = dataclasses.replace(cfg, intro=dataclasses.replace(cfg.intro, logits_chunk_size=0))
     on_24g_full = estimate_memory(full, QWEN25_15B, gpu_total_bytes=24 * GiB)
     assert dict((n, b) for n, b, _ in on_24g_full)["logits"] == 4 * 1536 * 151_936 * 4 * 5
     assert max(on_24g_full, key=lambda t: t[1])[0] == "logits"

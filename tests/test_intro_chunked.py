@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from intro_lite.objectives import ObjectiveInputs, get_objective, needs_of
-from intro_lite.objectives.intro import draw_uniforms, intro_loss, intro_loss_from_hidden, inverse_cdf_draws
+from intro_lite.objectives import ObjectiveInputs, get_objective
+from intro_lite.objectives.intro import (IntroConfig, draw_uniforms, intro_loss, intro_loss_from_hidden,
+                                        inverse_cdf_draws)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -151,21 +152,25 @@ def test_objective_uses_hidden_states_when_given():
     h, hq, weight, tokens, mask = _case(seed=8)
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0])
     objective = get_objective("intro")
-    assert needs_of(objective).hidden_states is False
-    assert needs_of(objective, n_candidates=5, clip_max=200.0, logits_chunk_size=256).hidden_states is True
+    assert objective.config is IntroConfig
+    # The default chunk size (128 > 0) asks for hidden states; 0 asks for full logits.
+    assert objective.needs_for(objective.default_config()).hidden_states is True
+    assert objective.needs_for(IntroConfig(logits_chunk_size=0)).hidden_states is False
+    wide = IntroConfig(n_candidates=5, clip_max=200.0, logits_chunk_size=256)
+    assert objective.needs_for(wide).hidden_states is True
     kw = dict(n_candidates=5, clip_max=2.0)
     via_logits = objective.compute(
         ObjectiveInputs(tokens, mask, F.linear(h, weight), F.linear(hq, weight), rewards=rewards),
-        generator=_gen(3), **kw,
+        IntroConfig(logits_chunk_size=0, **kw), generator=_gen(3),
     )
     via_hidden = objective.compute(
         ObjectiveInputs(tokens, mask, None, rewards=rewards, policy_hidden=h, posterior_hidden=hq, lm_head_weight=weight),
-        generator=_gen(3), logits_chunk_size=5, **kw,
+        IntroConfig(logits_chunk_size=5, **kw), generator=_gen(3),
     )
     torch.testing.assert_close(via_hidden[0], via_logits[0], rtol=1e-5, atol=1e-6)
     assert via_hidden[1] == pytest.approx(via_logits[1], rel=1e-5)
     with pytest.raises(ValueError, match="lm_head_weight"):
-        objective.compute(ObjectiveInputs(tokens, mask, None, policy_hidden=h, posterior_hidden=hq))
+        objective.compute(ObjectiveInputs(tokens, mask, None, policy_hidden=h, posterior_hidden=hq), None)
 
 
 def test_bad_arguments():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from intro_lite.objectives import Needs, ObjectiveInputs, available, get_objective
-from intro_lite.objectives.intro import intro_loss
+from intro_lite.objectives.intro import IntroConfig, intro_loss
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -314,7 +314,8 @@ def test_objective_compute_trains_only_rewarded_rows():
     rewards = torch.tensor([1.0, 0.0, 1.0])
     objective = get_objective("intro")
     loss, stats = objective.compute(
-        ObjectiveInputs(tokens, mask, policy, posterior, rewards=rewards), n_candidates="all", clip_max=50.0
+        ObjectiveInputs(tokens, mask, policy, posterior, rewards=rewards),
+        IntroConfig(n_candidates="all", clip_max=50.0),
     )
     keep = rewards > 0
     ref_loss, ref_stats = intro_loss(
@@ -323,4 +324,4 @@ def test_objective_compute_trains_only_rewarded_rows():
     torch.testing.assert_close(loss, ref_loss)
     assert stats == ref_stats
     with pytest.raises(ValueError, match="posterior_logits"):
-        objective.compute(ObjectiveInputs(tokens, mask, policy))
+        objective.compute(ObjectiveInputs(tokens, mask, policy), None)

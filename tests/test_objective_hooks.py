@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from intro_lite.objectives import ObjectiveInputs, PassContext, Row, StepRollouts, get_objective, make_rows
+from intro_lite.objectives import ObjectiveInputs, PassContext, Row, StepRollouts, get_objective
+from intro_lite.objectives.grpo import GrpoConfig
 from intro_lite.objectives.iapo import IapoConfig, answer_probe_entropy
+from intro_lite.objectives.repro import ReproConfig
 
 
 class CharTokenizer:
@@ -51,7 +53,8 @@ def test_latro_rows_keep_the_space_before_y_and_never_append_after_eos():
     tok = CharTokenizer()
     marked = tok.ids(["x", " = 2.", " The", " answer", " is", " 5"]) + [tok.eos_token_id]
     unmarked = tok.ids(["no", " marker", "."]) + [tok.eos_token_id]
-    rows = make_rows(get_objective("latro"), _step(tok, [[marked, unmarked]], ["5"], G=2))
+    latro = get_objective("latro")
+    rows = latro.make_rows(_step(tok, [[marked, unmarked]], ["5"], G=2), latro.default_config())
     assert [r.n_loss for r in rows] == [2, 3]
     assert tok.decode(rows[0].suffix) == "x = 2. The answer is \\boxed{5}."
     assert tok.decode(rows[0].suffix[: rows[0].n_loss]) == "x = 2."
@@ -99,8 +102,12 @@ def test_repro_scores_its_end_point_before_eos():
 
     T, V = len(z), 7
     inp = ObjectiveInputs(tokens=torch.tensor([z]), mask=torch.ones(1, T), policy_logits=torch.zeros(1, T, V))
-    get_objective("repro").extra_passes(inp, [row], PassContext(tok, [Answer("5")], logits))
-    assert inp.prefix_positions[0].tolist() == [0, 2, 4, 5]  # the end is |z| without EOS
+    repro = get_objective("repro")
+    extra = repro.extra_passes(inp, [row], PassContext(tok, [Answer("5")], logits), repro.default_config())
+    assert inp.extra == {}  # returned, not written into the inputs
+    assert set(extra) == {"prefix_positions", "prefix_scores"}
+    assert extra["prefix_positions"][0].tolist() == [0, 2, 4, 5]  # the end is |z| without EOS
+    assert extra["prefix_scores"].shape == extra["prefix_positions"].shape
     assert max(len(p) for p in scored) == 1 + 5 and all(tok.eos_token_id not in p for p in scored)
 
 
@@ -110,7 +117,7 @@ def test_repro_outcome_advantages_use_std_eps():
     inputs = ObjectiveInputs(tokens=torch.randint(0, 6, (4, 5), generator=g), mask=torch.ones(4, 5), policy_logits=leaf,
                              rewards=torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64),
                              group_ids=torch.zeros(4, dtype=torch.long),
-                             prefix_positions=torch.tensor([[0, 5]] * 4), prefix_scores=-torch.ones(4, 2))
-    repro, _ = get_objective("repro").compute(inputs, alpha=0.0, std_eps=0.5)
-    grpo, _ = get_objective("grpo").compute(inputs, beta=0.0, loss_aggregation="bnpo", std_eps=0.5)
+                             extra={"prefix_positions": torch.tensor([[0, 5]] * 4), "prefix_scores": -torch.ones(4, 2)})
+    repro, _ = get_objective("repro").compute(inputs, ReproConfig(alpha=0.0, std_eps=0.5))
+    grpo, _ = get_objective("grpo").compute(inputs, GrpoConfig(beta=0.0, loss_aggregation="bnpo", std_eps=0.5))
     torch.testing.assert_close(torch.autograd.grad(repro, leaf)[0], torch.autograd.grad(grpo, leaf)[0])

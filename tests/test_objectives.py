@@ -8,17 +8,33 @@ import statistics
 import pytest
 import torch
 
-from intro_lite.objectives import BatchInfo, Needs, ObjectiveInputs, available, get_objective, needs_of
+from intro_lite.objectives import (BatchInfo, Needs, Objective, ObjectiveInputs, PassContext, Row, available,
+                                   get_objective)
 from intro_lite.objectives.common import grpo_advantages
 from intro_lite.objectives.gpg import gpg_alpha
-from intro_lite.objectives.iapo import iapo_surprise, normalise_per_sequence
-from intro_lite.objectives.latro import cut_before_marker, rloo_advantages
+from intro_lite.objectives.grpo import DrGrpoConfig, GrpoConfig
+from intro_lite.objectives.iapo import IapoConfig, iapo_surprise, normalise_per_sequence
+from intro_lite.objectives.latro import LatroConfig, cut_before_marker, rloo_advantages
 from intro_lite.objectives.raft import reinforce_rej_advantages
-from intro_lite.objectives.repro import (kendall_tau_prefix, repro_point_scores, reverse_cumsum, segment_boundaries,
-                                         select_prefix_points)
+from intro_lite.objectives.repro import (ReproConfig, kendall_tau_prefix, repro_point_scores, reverse_cumsum,
+                                         segment_boundaries, select_prefix_points)
 
 F64 = torch.float64
-BASELINES = ["sft", "grpo", "dr_grpo", "raft++", "reinforce_rej", "gpg", "latro", "iapo", "repro"]
+# Every registered objective but InTRO (its own tests: test_intro_loss.py, test_intro_chunked.py).
+BASELINES = [n for n in available() if n != "intro"]
+
+
+def _cfg(objective, **kw):
+    """The objective's typed config with ``kw`` over its defaults (None for an objective without keys)."""
+    if objective.config is None:
+        assert not kw, (objective.name, kw)
+        return None
+    return objective.config(**kw)
+
+
+def _needs(name, **kw):
+    objective = get_objective(name)
+    return objective.needs_for(_cfg(objective, **kw))
 
 
 def _gen(seed):
@@ -58,35 +74,62 @@ def _grad(loss, leaf):
 # Registry and needs
 
 
+class _CharTokenizer:
+    """Text -> one id per character (for the extra passes' text helpers)."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) % 97 for c in text]}
+
+
+def _uniform_logits(prefixes, suffixes, V=11):
+    """PassContext.logits with uniform next-token distributions (entropy log V everywhere)."""
+    T = max(len(s) for s in suffixes)
+    mask = torch.tensor([[1.0] * len(s) + [0.0] * (T - len(s)) for s in suffixes])
+    return torch.zeros(len(prefixes), T, V), torch.tensor([s + [0] * (T - len(s)) for s in suffixes]), mask
+
+
 def test_registry_and_needs():
-    assert set(BASELINES) | {"intro"} <= set(available())
+    builtin = {"intro", "sft", "grpo", "dr_grpo", "raft++", "reinforce_rej", "gpg", "latro", "iapo", "repro"}
+    assert builtin <= set(available())
     assert get_objective("intro").needs == Needs(posterior=True, reference=False, kept_only=True)
-    assert not needs_of(get_objective("intro")).batch_totals
+    assert not _needs("intro").batch_totals
     for name in BASELINES:
-        assert needs_of(get_objective(name)).batch_totals, name
-        assert not needs_of(get_objective(name)).posterior, name
+        assert _needs(name).batch_totals, name
+        assert not _needs(name).posterior, name
 
-    grpo, dr = get_objective("grpo"), get_objective("dr_grpo")
-    assert needs_of(grpo).reference and not needs_of(grpo, beta=0.0).reference
-    assert not needs_of(dr).reference and needs_of(dr, beta=0.1).reference
-    assert not needs_of(grpo).whole_groups
+    assert get_objective("grpo").config is GrpoConfig and get_objective("dr_grpo").config is DrGrpoConfig
+    assert _needs("grpo").reference and not _needs("grpo", beta=0.0).reference
+    assert not _needs("dr_grpo").reference and _needs("dr_grpo", beta=0.1).reference
+    assert not _needs("grpo").whole_groups
 
-    raft = needs_of(get_objective("raft++"))
+    raft = _needs("raft++")
     assert raft.kept_only and not raft.reference
-    assert not needs_of(get_objective("reinforce_rej")).kept_only
-    assert needs_of(get_objective("sft")).gold_solution
+    assert not _needs("reinforce_rej").kept_only
+    assert _needs("sft").gold_solution
 
-    latro = get_objective("latro")
-    assert needs_of(latro).answer_suffix and needs_of(latro).whole_groups and needs_of(latro).reference
-    assert not needs_of(latro, beta=0.0).reference
+    latro = _needs("latro")
+    assert latro.answer_suffix and latro.whole_groups and latro.reference
+    assert not _needs("latro", beta=0.0).reference
 
+    # IAPO runs its answer probe (extra_passes) in last_token mode only; next_token needs no extra pass.
     iapo = get_objective("iapo")
-    assert not needs_of(iapo).answer_entropy_probe and not needs_of(iapo).reference
-    assert needs_of(iapo, mode="last_token").answer_entropy_probe
-    assert needs_of(iapo, beta=0.01).reference
+    assert not _needs("iapo").reference
+    assert _needs("iapo", beta=0.01).reference
+    tokens, mask = torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3)
+    inputs = ObjectiveInputs(tokens=tokens, mask=mask, policy_logits=torch.zeros(1, 3, 5))
+    chunk = [Row(0, 0, [1, 2], [1, 2], [3, 4, 5], 3, 1.0)]
+    assert IapoConfig().mode == "next_token"
+    assert iapo.extra_passes(inputs, chunk, None, IapoConfig()) == {}  # returns before touching ctx
+    probe = iapo.extra_passes(inputs, chunk, PassContext(_CharTokenizer(), [], _uniform_logits),
+                              IapoConfig(mode="last_token"))
+    assert set(probe) == {"probe_entropy"} and probe["probe_entropy"].shape == tokens.shape
+    torch.testing.assert_close(probe["probe_entropy"], torch.full((1, 3), math.log(11)))
+    assert inputs.extra == {}  # returned, not written into the inputs
 
-    repro = needs_of(get_objective("repro"))
-    assert repro.prefix_scores and repro.whole_groups and not repro.reference
+    # RePro scores its own prefixes (extra_passes) and needs whole groups in a micro-batch.
+    repro = _needs("repro")
+    assert repro.whole_groups and not repro.reference
+    assert type(get_objective("repro")).extra_passes is not Objective.extra_passes
 
 
 # ------------------------------------------------------------------------------------------------
@@ -123,7 +166,7 @@ def _build(name, seed=0, off_policy=True):
         fields["answer_mask"] = answer
         fields["reference_logprobs"] = -torch.rand(B, T, generator=_gen(seed + 3), dtype=F64) * 3
     if name == "iapo":
-        fields["probe_entropy"] = torch.rand(B, T, generator=_gen(seed + 4), dtype=F64) * 2
+        fields["extra"] = {"probe_entropy": torch.rand(B, T, generator=_gen(seed + 4), dtype=F64) * 2}
     if name == "repro":
         P = 5
         pos = torch.full((B, P), -1, dtype=torch.long)
@@ -132,8 +175,8 @@ def _build(name, seed=0, off_policy=True):
             inner = sorted(torch.randperm(n - 1, generator=g)[: min(2, n - 1)].add(1).tolist()) if n > 1 else []
             pts = [0, *inner, n]
             pos[b, : len(pts)] = torch.tensor(pts)
-        fields["prefix_positions"] = pos
-        fields["prefix_scores"] = -torch.rand(B, P, generator=g, dtype=F64) * 4 - 0.5
+        scores = -torch.rand(B, P, generator=g, dtype=F64) * 4 - 0.5
+        fields["extra"] = {"prefix_positions": pos, "prefix_scores": scores}
     return ObjectiveInputs(**fields), config
 
 
@@ -142,6 +185,7 @@ def _rows(inputs: ObjectiveInputs, rows, batch):
     for f in dataclasses.fields(inputs):
         v = getattr(inputs, f.name)
         out[f.name] = v[rows] if isinstance(v, torch.Tensor) else v
+    out["extra"] = {k: v[rows] for k, v in inputs.extra.items()}
     out["batch"] = batch
     return ObjectiveInputs(**out)
 
@@ -156,26 +200,28 @@ CASES = [
     ("grpo", {"loss_aggregation": "dr_grpo"}), ("dr_grpo", {}), ("raft++", {}), ("reinforce_rej", {}),
     ("gpg", {}), ("latro", {}), ("iapo", {"mode": "next_token"}), ("iapo", {"mode": "last_token"}), ("repro", {}),
 ]
+# A registered objective without a case above is checked with its default config: none skips these tests.
+CASES += [(name, {}) for name in BASELINES if name not in {n for n, _ in CASES}]
 
 
-@pytest.mark.parametrize("name, extra", CASES)
-def test_micro_batch_split_matches_full_batch(name, extra):
+@pytest.mark.parametrize("name, overrides", CASES)
+def test_micro_batch_split_matches_full_batch(name, overrides):
     inputs, config = _build(name)
-    config = {**config, **extra}
     objective = get_objective(name)
+    config = _cfg(objective, **{**config, **overrides})
     leaf = inputs.policy_logits
-    full, stats = objective.compute(inputs, **config, generator=_gen(0))
+    full, stats = objective.compute(inputs, config, generator=_gen(0))
     g_full = _grad(full, leaf)
     assert set(stats) == set(objective.stat_keys)
     assert all(isinstance(v, float) and math.isfinite(v) for v in stats.values())
     assert g_full.abs().sum() > 0
 
     # Reward-only advantages may split a group (rows 4-7 are one group); LaTRO/RePro split between groups.
-    split = 8 if needs_of(objective, **config).whole_groups else 6
+    split = 8 if objective.needs_for(config).whole_groups else 6
     batch = _batch_of(inputs)
     total = 0.0
     for rows in (torch.arange(0, split), torch.arange(split, len(REWARDS))):
-        part, part_stats = objective.compute(_rows(inputs, rows, batch), **config, generator=_gen(0))
+        part, part_stats = objective.compute(_rows(inputs, rows, batch), config, generator=_gen(0))
         assert set(part_stats) == set(objective.stat_keys)
         total = total + part
     g_split = _grad(total, leaf)
@@ -183,24 +229,28 @@ def test_micro_batch_split_matches_full_batch(name, extra):
     torch.testing.assert_close(g_split, g_full, rtol=1e-10, atol=1e-12)
 
     # Power: the naive alternative (each half normalised by itself) is a different loss.
-    naive = sum(objective.compute(_rows(inputs, rows, None), **config)[0]
+    naive = sum(objective.compute(_rows(inputs, rows, None), config)[0]
                 for rows in (torch.arange(0, split), torch.arange(split, len(REWARDS))))
     assert not torch.allclose(naive, full)
 
 
-@pytest.mark.parametrize("name", ["latro", "repro"])
+WHOLE_GROUPS = [name for name in BASELINES if _needs(name).whole_groups]  # latro, repro (test_registry_and_needs)
+
+
+@pytest.mark.parametrize("name", WHOLE_GROUPS)
 def test_whole_groups_are_enforced(name):
     inputs, config = _build(name)
-    with pytest.raises(ValueError, match="whole_groups"):
-        get_objective(name).compute(_rows(inputs, torch.arange(0, 6), _batch_of(inputs)), **config)
-
-
-@pytest.mark.parametrize("name, extra", CASES)
-def test_padding_is_never_read(name, extra):
-    inputs, config = _build(name)
-    config = {**config, **extra}
     objective = get_objective(name)
-    loss, stats = objective.compute(inputs, **config)
+    with pytest.raises(ValueError, match="whole_groups"):
+        objective.compute(_rows(inputs, torch.arange(0, 6), _batch_of(inputs)), _cfg(objective, **config))
+
+
+@pytest.mark.parametrize("name, overrides", CASES)
+def test_padding_is_never_read(name, overrides):
+    inputs, config = _build(name)
+    objective = get_objective(name)
+    config = _cfg(objective, **{**config, **overrides})
+    loss, stats = objective.compute(inputs, config)
     grad = _grad(loss, inputs.policy_logits)
     used = inputs.mask.bool()
     if inputs.answer_mask is not None:
@@ -215,32 +265,41 @@ def test_padding_is_never_read(name, extra):
                                   inputs.policy_logits.detach()).requires_grad_(True),
         tokens=torch.where(off, torch.full_like(inputs.tokens, -100), inputs.tokens),
     )
-    for field in ("sampled_logprobs", "reference_logprobs", "probe_entropy"):
+    for field in ("sampled_logprobs", "reference_logprobs"):
         value = getattr(inputs, field)
         if value is not None:
             garbage[field] = torch.where(off, torch.full_like(value, float("nan")), value)
+    # Per-token extra-pass inputs ([B, T] floats: IAPO's probe_entropy) are garbage off the mask too.
+    garbage["extra"] = {k: torch.where(off, torch.full_like(v, float("nan")), v)
+                        if v.shape == off.shape and v.is_floating_point() else v for k, v in inputs.extra.items()}
+    if name == "iapo":
+        assert torch.isnan(garbage["extra"]["probe_entropy"]).any()
     changed = dataclasses.replace(inputs, **garbage)
-    loss2, stats2 = objective.compute(changed, **config)
+    loss2, stats2 = objective.compute(changed, config)
     grad2 = _grad(loss2, changed.policy_logits)
     torch.testing.assert_close(loss2, loss.detach(), rtol=1e-13, atol=1e-14)
     torch.testing.assert_close(grad2, grad, rtol=1e-12, atol=1e-14)
     assert stats2 == pytest.approx(stats, rel=1e-12, abs=1e-14)
 
 
-@pytest.mark.parametrize("name, extra", CASES)
-def test_only_policy_logits_receive_gradient(name, extra):
-    """Rewards, old/reference log-probs, probe entropies and prefix scores are fixed inputs (stop-gradient)."""
+@pytest.mark.parametrize("name, overrides", CASES)
+def test_only_policy_logits_receive_gradient(name, overrides):
+    """Rewards, old/reference log-probs and the extra passes' inputs (probe entropies, prefix scores)
+    are fixed inputs (stop-gradient)."""
     inputs, config = _build(name)
     side = {}
-    for field in ("rewards", "sampled_logprobs", "reference_logprobs", "probe_entropy", "prefix_scores"):
+    for field in ("rewards", "sampled_logprobs", "reference_logprobs"):
         value = getattr(inputs, field)
         if value is not None:
             side[field] = value.clone().requires_grad_(True)
-    inputs = dataclasses.replace(inputs, **side)
-    loss, _ = get_objective(name).compute(inputs, **{**config, **extra})
+    extra = {k: v.clone().requires_grad_(True) if v.is_floating_point() else v for k, v in inputs.extra.items()}
+    inputs = dataclasses.replace(inputs, **side, extra=extra)
+    objective = get_objective(name)
+    loss, _ = objective.compute(inputs, _cfg(objective, **{**config, **overrides}))
     loss.backward()
     assert inputs.policy_logits.grad is not None
-    for field, leaf in side.items():
+    leaves = {**side, **{f"extra[{k!r}]": v for k, v in extra.items() if v.requires_grad}}
+    for field, leaf in leaves.items():
         assert leaf.grad is None, field
 
 
@@ -252,7 +311,7 @@ def test_sft_token_mean_by_brute_force():
     logits = _logits(3, 4, 5, seed=1).requires_grad_(True)
     tokens = torch.randint(0, 5, (3, 4), generator=_gen(2))
     mask = _mask([4, 2, 1], 4)
-    loss, stats = get_objective("sft").compute(ObjectiveInputs(tokens=tokens, mask=mask, policy_logits=logits))
+    loss, stats = get_objective("sft").compute(ObjectiveInputs(tokens=tokens, mask=mask, policy_logits=logits), None)
     ref = 0.0
     for b, t in itertools.product(range(3), range(4)):
         if mask[b, t]:
@@ -347,7 +406,7 @@ def test_grpo_aggregation_modes(mode):
     mask = _mask(lengths, 4)
     inputs = ObjectiveInputs(tokens=tokens, mask=mask, policy_logits=leaf, rewards=torch.tensor(rewards, dtype=F64),
                              group_ids=torch.tensor(groups), max_completion_length=6)
-    loss, stats = get_objective("grpo").compute(inputs, beta=0.0, loss_aggregation=mode)
+    loss, stats = get_objective("grpo").compute(inputs, GrpoConfig(beta=0.0, loss_aggregation=mode))
     ref = _brute_grpo(leaf, tokens, mask, rewards, groups, mode=mode, max_len=6)
     torch.testing.assert_close(loss, ref)
     torch.testing.assert_close(_grad(loss, leaf), _grad(ref, leaf))
@@ -371,7 +430,7 @@ def test_ratio_one_keeps_policy_gradient():
     mask = _mask([3, 2], 3)
     inputs = ObjectiveInputs(tokens=tokens, mask=mask, policy_logits=leaf, rewards=torch.tensor([1.0, 0.0], dtype=F64),
                              group_ids=torch.tensor([0, 0]))
-    loss, _ = get_objective("grpo").compute(inputs, beta=0.0)
+    loss, _ = get_objective("grpo").compute(inputs, GrpoConfig(beta=0.0))
     grad = _grad(loss, leaf)
     a = 0.5 / (math.sqrt(0.5) + 1e-4)
     p = leaf.detach().softmax(-1)
@@ -392,8 +451,8 @@ def test_ppo_clip_region_has_zero_gradient(eps_high, clipped_high):
     rewards, groups = [1.0, 0.0], [0, 0]  # A > 0 on row 0, A < 0 on row 1
     inputs = ObjectiveInputs(tokens=tokens, mask=mask, policy_logits=leaf, rewards=torch.tensor(rewards, dtype=F64),
                              group_ids=torch.tensor(groups), sampled_logprobs=old)
-    config = dict(beta=0.0, epsilon=0.2, epsilon_high=eps_high)
-    loss, stats = get_objective("grpo").compute(inputs, **config)
+    config = GrpoConfig(beta=0.0, epsilon=0.2, epsilon_high=eps_high)
+    loss, stats = get_objective("grpo").compute(inputs, config)
     grad = _grad(loss, leaf)
     ref = _brute_grpo(leaf, tokens, mask, rewards, groups, old=old, eps=0.2, eps_high=eps_high)
     torch.testing.assert_close(loss, ref)
@@ -416,8 +475,9 @@ def test_k3_kl_value_gradient_and_no_grad_to_reference():
                 group_ids=torch.tensor([0, 0]))
     beta = 0.04
     ref_lp = ref_logits.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # carries a graph
-    with_ref, stats = get_objective("grpo").compute(ObjectiveInputs(**base, reference_logprobs=ref_lp), beta=beta)
-    without, _ = get_objective("grpo").compute(ObjectiveInputs(**base), beta=0.0)
+    with_ref, stats = get_objective("grpo").compute(ObjectiveInputs(**base, reference_logprobs=ref_lp),
+                                                    GrpoConfig(beta=beta))
+    without, _ = get_objective("grpo").compute(ObjectiveInputs(**base), GrpoConfig(beta=0.0))
 
     lp = leaf.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     lr = ref_logits.detach().log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
@@ -440,30 +500,30 @@ def test_k3_kl_value_gradient_and_no_grad_to_reference():
     assert ref_logits.grad is None  # the reference is a fixed target
 
     # Detached reference log-probs give the same loss.
-    same, _ = get_objective("grpo").compute(ObjectiveInputs(**base, reference_logprobs=lr), beta=beta)
+    same, _ = get_objective("grpo").compute(ObjectiveInputs(**base, reference_logprobs=lr), GrpoConfig(beta=beta))
     torch.testing.assert_close(same, with_ref.detach())
     with pytest.raises(ValueError, match="reference"):
-        get_objective("grpo").compute(ObjectiveInputs(**base), beta=beta)
+        get_objective("grpo").compute(ObjectiveInputs(**base), GrpoConfig(beta=beta))
 
 
 def test_dr_grpo_is_grpo_without_std_with_dr_aggregation():
     inputs, _ = _build("grpo", off_policy=False)
     inputs = dataclasses.replace(inputs, reference_logprobs=None)
     leaf = inputs.policy_logits
-    dr, _ = get_objective("dr_grpo").compute(inputs)
+    dr, _ = get_objective("dr_grpo").compute(inputs, None)
     ref = _brute_grpo(leaf, inputs.tokens, inputs.mask, REWARDS, GROUPS, mode="dr_grpo", max_len=10, scale=False)
     torch.testing.assert_close(dr, ref)
     torch.testing.assert_close(_grad(dr, leaf), _grad(ref, leaf))
     with pytest.raises(ValueError, match="max_completion_length"):
-        get_objective("dr_grpo").compute(dataclasses.replace(inputs, max_completion_length=None))
-    with pytest.raises(TypeError, match="unknown"):
-        get_objective("grpo").compute(inputs, bta=0.1)
+        get_objective("dr_grpo").compute(dataclasses.replace(inputs, max_completion_length=None), None)
+    with pytest.raises(TypeError, match="bta"):  # an unknown config key
+        get_objective("grpo").config(bta=0.1)
 
 
 def test_all_flat_groups_give_connected_zero():
     inputs, _ = _build("grpo", off_policy=False)
     inputs = dataclasses.replace(inputs, rewards=torch.ones(12, dtype=F64), reference_logprobs=None)
-    loss, stats = get_objective("grpo").compute(inputs, beta=0.0)
+    loss, stats = get_objective("grpo").compute(inputs, GrpoConfig(beta=0.0))
     assert loss.item() == 0.0 and loss.requires_grad
     assert torch.all(_grad(loss, inputs.policy_logits) == 0)
     assert stats["zero_var_frac"] == 1.0
@@ -481,7 +541,7 @@ def test_raft_pp_trains_only_correct_samples(wrong):
     mask = _mask(lengths, 3)
     rewards = torch.tensor([1.0, wrong, 1.0, wrong], dtype=F64)
     loss, stats = get_objective("raft++").compute(
-        ObjectiveInputs(tokens=tokens, mask=mask, policy_logits=leaf, rewards=rewards))
+        ObjectiveInputs(tokens=tokens, mask=mask, policy_logits=leaf, rewards=rewards), None)
     grad = _grad(loss, leaf)
     assert loss.item() == pytest.approx(-1.0)  # A = 1, ρ = 1: token mean of −1 over correct tokens
     assert torch.all(grad[1] == 0) and torch.all(grad[3] == 0)
@@ -494,11 +554,11 @@ def test_raft_pp_trains_only_correct_samples(wrong):
 
     # The loop filters with kept_only: the kept rows alone give the same loss.
     kept, _ = get_objective("raft++").compute(ObjectiveInputs(
-        tokens=tokens[[0, 2]], mask=mask[[0, 2]], policy_logits=leaf[[0, 2]], rewards=rewards[[0, 2]]))
+        tokens=tokens[[0, 2]], mask=mask[[0, 2]], policy_logits=leaf[[0, 2]], rewards=rewards[[0, 2]]), None)
     torch.testing.assert_close(kept, loss.detach())
 
     none, stats = get_objective("raft++").compute(ObjectiveInputs(
-        tokens=tokens, mask=mask, policy_logits=leaf, rewards=torch.zeros(4, dtype=F64)))
+        tokens=tokens, mask=mask, policy_logits=leaf, rewards=torch.zeros(4, dtype=F64)), None)
     assert none.item() == 0.0 and none.requires_grad and stats["kept_frac"] == 0.0
 
 
@@ -511,7 +571,7 @@ def test_reinforce_rej_signs_and_dropped_groups():
 
     inputs, _ = _build("reinforce_rej", off_policy=False)
     inputs = dataclasses.replace(inputs, rewards=r.to(F64))
-    loss, stats = get_objective("reinforce_rej").compute(inputs)
+    loss, stats = get_objective("reinforce_rej").compute(inputs, None)
     grad = _grad(loss, inputs.policy_logits)
     signs = [1, -1, -1, -1]
     hand = -sum(s * n for s, n in zip(signs, LENGTHS[:4])) / sum(LENGTHS[:4])
@@ -532,7 +592,7 @@ def test_gpg_alpha_and_loss_by_brute_force():
 
     inputs, _ = _build("gpg")
     leaf = inputs.policy_logits
-    loss, stats = get_objective("gpg").compute(inputs)
+    loss, stats = get_objective("gpg").compute(inputs, None)
     adv = _brute_adv(REWARDS, GROUPS, scale=False)
     logp = leaf.log_softmax(-1)
     ref = 0.0
@@ -577,7 +637,7 @@ def _brute_latro(leaf, tokens, mask, answer, ref, groups, beta, detach=True):
 def test_latro_by_brute_force_with_detached_reward():
     inputs, config = _build("latro")
     leaf = inputs.policy_logits
-    loss, stats = get_objective("latro").compute(inputs, beta=0.05)
+    loss, stats = get_objective("latro").compute(inputs, LatroConfig(beta=0.05))
     ref = _brute_latro(leaf, inputs.tokens, inputs.mask, inputs.answer_mask, inputs.reference_logprobs, GROUPS, 0.05)
     torch.testing.assert_close(loss, ref)
     grad = _grad(loss, leaf)
@@ -590,12 +650,12 @@ def test_latro_by_brute_force_with_detached_reward():
 
     # β = 0 needs no reference at all.
     no_ref = dataclasses.replace(inputs, reference_logprobs=None)
-    loss0, stats0 = get_objective("latro").compute(no_ref, beta=0.0)
+    loss0, stats0 = get_objective("latro").compute(no_ref, LatroConfig(beta=0.0))
     ref0 = _brute_latro(leaf, inputs.tokens, inputs.mask, inputs.answer_mask, inputs.reference_logprobs, GROUPS, 0.0)
     torch.testing.assert_close(loss0, ref0)
     assert stats0["rationale_kl"] == 0.0
     with pytest.raises(ValueError, match="reference"):
-        get_objective("latro").compute(no_ref, beta=0.05)
+        get_objective("latro").compute(no_ref, LatroConfig(beta=0.05))
 
 
 def test_cut_before_marker():
@@ -644,8 +704,8 @@ def test_iapo_token_advantages_sign_and_gradient(mode):
     probe = torch.rand(B, Tn, generator=_gen(15), dtype=F64) * 2
     lam_s, lam_c = 0.3, 0.2  # large enough to matter in the check
     inputs = ObjectiveInputs(tokens=tokens, mask=mask, policy_logits=leaf, rewards=torch.tensor(rewards, dtype=F64),
-                             group_ids=torch.zeros(B, dtype=torch.long), probe_entropy=probe)
-    loss, stats = get_objective("iapo").compute(inputs, mode=mode, lambda_s=lam_s, lambda_c=lam_c)
+                             group_ids=torch.zeros(B, dtype=torch.long), extra={"probe_entropy": probe})
+    loss, stats = get_objective("iapo").compute(inputs, IapoConfig(mode=mode, lambda_s=lam_s, lambda_c=lam_c))
 
     # Brute force, row by row, with everything built from detached logits.
     with torch.no_grad():
@@ -688,16 +748,16 @@ def test_iapo_clip_is_asymmetric():
     inputs = ObjectiveInputs(tokens=tokens, mask=torch.ones(2, 1), policy_logits=leaf,
                              rewards=torch.tensor([1.0, 0.0], dtype=F64), group_ids=torch.tensor([0, 0]),
                              sampled_logprobs=own - math.log(1.25))  # ρ = 1.25: inside 1 + 0.28, outside 1 + 0.2
-    _, stats = get_objective("iapo").compute(inputs)
+    _, stats = get_objective("iapo").compute(inputs, None)
     assert stats["clip_frac"] == 0.0
-    _, stats = get_objective("iapo").compute(inputs, epsilon_high=0.2)
+    _, stats = get_objective("iapo").compute(inputs, IapoConfig(epsilon_high=0.2))
     assert stats["clip_frac"] == 0.5
 
 
 def test_iapo_last_token_needs_probe():
     inputs, _ = _build("iapo")
     with pytest.raises(ValueError, match="probe_entropy"):
-        get_objective("iapo").compute(dataclasses.replace(inputs, probe_entropy=None), mode="last_token")
+        get_objective("iapo").compute(dataclasses.replace(inputs, extra={}), IapoConfig(mode="last_token"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -763,8 +823,9 @@ def test_repro_process_rewards_advantages_and_loss_by_hand():
     rewards = [1.0, 0.0]
     alpha = 0.1
     inputs = ObjectiveInputs(tokens=tokens, mask=mask, policy_logits=leaf, rewards=torch.tensor(rewards, dtype=F64),
-                             group_ids=torch.tensor([0, 0]), prefix_positions=positions, prefix_scores=scores)
-    loss, stats = get_objective("repro").compute(inputs, alpha=alpha)
+                             group_ids=torch.tensor([0, 0]),
+                             extra={"prefix_positions": positions, "prefix_scores": scores})
+    loss, stats = get_objective("repro").compute(inputs, ReproConfig(alpha=alpha))
 
     # Hand: S per point, r̃_j = S_j − S_{j−1} on token p_j − 1, normalised over the group's 5 values.
     def point_scores(js):
@@ -799,8 +860,8 @@ def test_repro_process_rewards_advantages_and_loss_by_hand():
     assert stats["process_reward_abs_mean"] == pytest.approx(statistics.mean(abs(v) for v in vals))
 
     # α = 0 is plain GRPO (ε = 0.2, token mean): the process term is what moved the loss.
-    plain, _ = get_objective("repro").compute(inputs, alpha=0.0)
-    grpo_bnpo, _ = get_objective("grpo").compute(inputs, beta=0.0, loss_aggregation="bnpo")
+    plain, _ = get_objective("repro").compute(inputs, ReproConfig(alpha=0.0))
+    grpo_bnpo, _ = get_objective("grpo").compute(inputs, GrpoConfig(beta=0.0, loss_aggregation="bnpo"))
     torch.testing.assert_close(plain, grpo_bnpo)
     assert not torch.allclose(plain, loss)
 
@@ -812,9 +873,9 @@ def test_repro_rejects_bad_points(positions, match):
     inputs = ObjectiveInputs(
         tokens=torch.zeros(1, 8, dtype=torch.long), mask=torch.ones(1, 8), policy_logits=torch.zeros(1, 8, 3),
         rewards=torch.ones(1), group_ids=torch.zeros(1, dtype=torch.long),
-        prefix_positions=torch.tensor(positions), prefix_scores=-torch.ones(1, 3))
+        extra={"prefix_positions": torch.tensor(positions), "prefix_scores": -torch.ones(1, 3)})
     with pytest.raises(ValueError, match=match):
-        get_objective("repro").compute(inputs)
+        get_objective("repro").compute(inputs, None)
 
 
 def test_segment_boundaries_and_point_selection():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from intro_lite.train import rollout_seed
+from intro_lite.train.rollouts import rollout_seed
 
 
 def test_rollout_seeds_never_repeat_across_steps_or_samples():
@@ -69,17 +69,18 @@ def _rows(tok, G=3, prompts=2, seed=0):
 
 
 def _setup(model, tok, name, **okw):
-    from intro_lite.objectives import get_objective, needs_of
-    from intro_lite.train import PassSetup
+    from intro_lite.objectives import get_objective
+    from intro_lite.train.passes import PassSetup
 
     objective = get_objective(name)
-    return PassSetup(model, objective, needs_of(objective, **okw), okw, tok.pad_token_id, tok, [], 16)
+    cfg = objective.config(**okw) if objective.config else None
+    return PassSetup(model, objective, cfg, objective.needs_for(cfg), tok.pad_token_id, tok, [], 16)
 
 
 def _step(model, tok, name, rows, mb, lr=1.0, **kw):
     """Parameter change after one train_step with SGD(lr) (= −lr·gradient), and its result."""
     from intro_lite.policy import trainable_parameters
-    from intro_lite.train import train_step
+    from intro_lite.train.step import train_step
 
     params = trainable_parameters(model)
     before = [p.detach().clone() for p in params]
@@ -116,21 +117,21 @@ def test_train_step_micro_batches_equal_one_batch(policy, name, okw):
 
 
 def test_train_step_loss_is_the_objectives_loss(policy):
-    from intro_lite.train import forward_passes
+    from intro_lite.train.passes import forward_passes
 
     model, tok = policy
     rows = _rows(tok)
     _, result = _step(model, tok, "grpo", rows, mb=2, okw={"beta": 0.04})
     setup = _setup(model, tok, "grpo", beta=0.04)
     inputs = forward_passes(setup, rows)
-    loss, stats = setup.objective.compute(inputs, beta=0.04)
+    loss, stats = setup.objective.compute(inputs, setup.config)
     assert result.loss == pytest.approx(loss.item(), rel=1e-5, abs=1e-7)
     assert result.stats["n_tokens"] == stats["n_tokens"] == sum(r.n_loss for r in rows)
     assert set(result.stats) == set(setup.objective.stat_keys)
 
 
 def test_train_step_skips_a_nonfinite_step_then_aborts(policy, monkeypatch):
-    from intro_lite.train import TrainingAborted
+    from intro_lite.errors import TrainingAborted
 
     model, tok = policy
     monkeypatch.setenv("INTRO_LITE_FAULT_NAN_STEPS", "3")
@@ -146,7 +147,7 @@ def test_intro_teacher_base_reads_the_hint_with_the_adapter_off(policy):
     """intro.teacher = "base": the answer-conditioned pass is the start model's (adapter disabled), whatever the adapter
     has learned; "policy" (the paper's) moves with it. The policy pass keeps the adapter either way."""
     from intro_lite.policy import trainable_parameters
-    from intro_lite.train import forward_passes
+    from intro_lite.train.passes import forward_passes
 
     model, tok = policy
     rows = [r for r in _rows(tok) if r.reward > 0]

@@ -9,11 +9,14 @@ import dataclasses
 import tomllib
 import typing
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
-from intro_lite.config.schema import Config
+from intro_lite.config.schema import config_class
 from intro_lite.config.validate import validate
 from intro_lite.errors import ConfigError
+
+if TYPE_CHECKING:
+    from intro_lite.config.schema import Config
 
 # The project defaults live at the repository's top level (see config/schema.py).
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent.parent / "intro_lite.toml"
@@ -63,13 +66,15 @@ def _nested(path: list[str], value: Any) -> dict:
     return d
 
 
-def load_config(recipe: str | Path | None = None, overrides: list[str] = (), defaults: Path = DEFAULTS_FILE) -> Config:
+def load_config(recipe: str | Path | None = None, overrides: list[str] = (), defaults: Path = DEFAULTS_FILE):
+    """The run config (a `config_class()` instance) from the layers, checked and validated."""
     layers: list[tuple[str, dict]] = [(str(defaults), _read_toml(defaults))] if defaults.is_file() else []
     if recipe is not None:
         layers.append((str(recipe), _read_toml(Path(recipe))))
     for text in overrides:
         path, value = parse_override(text)
         layers.append((f"--set {text}", _nested(path, value)))
+    Config = config_class(_user_objective(layers))
     merged: dict = {}
     for source, layer in layers:
         _check_keys(Config, layer, source, prefix="")
@@ -77,6 +82,24 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] = (), def
     cfg = _build(Config, merged, "config", prefix="")
     validate(cfg)
     return cfg
+
+
+def _user_objective(layers: list[tuple[str, dict]]) -> str:
+    """The user objective (`file.py:Name`) the layers choose, imported and registered so that its table
+    is a known key; "" when the objective is a built-in one (checked by `validate`)."""
+    from intro_lite.objectives.base import get_objective, is_user_objective
+
+    source, name = "", ""
+    for where, layer in layers:
+        if "objective" in layer:
+            source, name = where, layer["objective"]
+    if not (isinstance(name, str) and is_user_objective(name)):
+        return ""
+    try:
+        get_objective(name)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return name
 
 
 def _check_keys(cls: type, data: dict, source: str, prefix: str) -> None:

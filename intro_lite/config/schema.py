@@ -2,18 +2,18 @@
 
 `intro_lite.toml` at the repository's top level is the commented list of the same keys; a test keeps
 it equal to these defaults, so a non-editable install without the file behaves the same.
+
+The objectives' tables come from their own modules (which import torch), so the whole `Config`
+class is made on first use (`config_class`), never at import: the CLI starts without torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from intro_lite.bounds import bounded
-
-# Each objective owns its table's dataclass (defaults written once, there).
-from intro_lite.objectives import config_kwargs, get_objective, registered
 
 
 @dataclass
@@ -147,22 +147,40 @@ class CoreConfig:
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
-    def objective_kwargs(self) -> dict:
-        """The chosen objective's own table as `compute` keyword arguments ({} if it has none)."""
-        return config_kwargs(getattr(self, get_objective(self.objective).section, None))
+    def objective_config(self):
+        """The chosen objective's own table, its typed settings (None if it has no keys)."""
+        from intro_lite.objectives import get_objective
+
+        return getattr(self, get_objective(self.objective).section, None)
 
 
-def _objective_tables() -> list[tuple[str, type, Any]]:
-    """[section, dataclass, field] of every registered objective with keys, in registration order:
-    an objective's table comes from its own module (adding one touches no file here)."""
+_CLASSES: dict[tuple, type] = {}
+
+
+def config_class(objective: str = "") -> type:
+    """The whole run configuration's class: CoreConfig's tables, then one table per registered
+    objective with keys (`cfg.intro`, `cfg.grpo`, ...), typed by the objective's own dataclass. A user
+    objective (`objective = "file.py:Name"`) is imported and registered first, so its table is known."""
+    from intro_lite.objectives import get_objective, registered
+
+    if objective:
+        get_objective(objective)
     tables: dict[str, type] = {}
-    for objective in registered():
-        if objective.config is not None:
-            tables.setdefault(objective.section, objective.config)
-    return [(section, cls, field(default_factory=cls)) for section, cls in tables.items()]
+    for o in registered():
+        if o.config is not None:
+            tables.setdefault(o.section, o.config)
+    key = tuple(tables.items())
+    if key not in _CLASSES:
+        cls = make_dataclass("Config", [(name, tp, field(default_factory=tp)) for name, tp in tables.items()],
+                             bases=(CoreConfig,))
+        cls.__module__ = __name__
+        cls.__doc__ = "The whole run configuration: CoreConfig's tables, then each objective's own table."
+        _CLASSES[key] = cls
+    return _CLASSES[key]
 
 
-# `cfg.intro`, `cfg.grpo`, ...: one table per objective, typed by its own config dataclass.
-Config = make_dataclass("Config", _objective_tables(), bases=(CoreConfig,))
-Config.__module__ = __name__
-Config.__doc__ = "The whole run configuration: CoreConfig's tables, then each objective's own table."
+def __getattr__(name: str):
+    # `Config`, the class with the built-in objectives' tables, made when first asked for (imports torch).
+    if name == "Config":
+        return config_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

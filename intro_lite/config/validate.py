@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from intro_lite.bounds import check_bounds
-from intro_lite.config.schema import Config
 from intro_lite.config.sources import get_spec, is_tiny, looks_local
 from intro_lite.errors import ConfigError
 from intro_lite.rewards import check_reward
 from intro_lite.rollout.lora_rules import check_lora_compat
+
+if TYPE_CHECKING:
+    from intro_lite.config.schema import Config
 
 
 # Range checks that the type system can't express
@@ -26,9 +29,10 @@ def _require(ok: bool, key: str, msg: str) -> None:
 
 def validate(cfg: Config) -> None:
     _require(is_single_component(cfg.name), "name", f"must be one path component (no '/', '\\', '..'), got {cfg.name!r}")
-    from intro_lite.objectives import available
+    from intro_lite.objectives.base import available, is_user_objective
 
-    _require(cfg.objective in available(), "objective", f"must be one of {available()}, got {cfg.objective!r}")
+    _require(cfg.objective in available() or is_user_objective(cfg.objective), "objective",
+             f"must be one of {available()} or 'path/to/file.py:Name', got {cfg.objective!r}")
     check_reward(cfg.reward)  # a missing file or function fails here, before any model loads
     for tracker in ("wandb", "trackio"):  # optional: an error only when asked for and missing
         _require(not getattr(cfg.log, tracker) or importlib.util.find_spec(tracker) is not None, f"log.{tracker}",
@@ -46,10 +50,6 @@ def validate(cfg: Config) -> None:
 
         on_gpu = cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available())
         _require(on_gpu, "rollout.quantization", f"= {r.quantization!r} needs a CUDA GPU (vLLM's CPU backend can't run it)")
-    n = cfg.intro.n_candidates
-    _require(n == "all" or n >= 1, "intro.n_candidates", f"must be >= 1 or \"all\", got {n}")
-    _require(cfg.intro.clip_max > 0, "intro.clip_max", f"must be > 0, got {cfg.intro.clip_max}")
-    _require(cfg.intro.logits_chunk_size >= 0, "intro.logits_chunk_size", f"must be >= 0, got {cfg.intro.logits_chunk_size}")
     _require(len(lo.target_modules) > 0, "lora.target_modules", "must name at least one module")
     try:
         check_lora_compat(lo.rank, lo.target_modules)

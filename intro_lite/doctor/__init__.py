@@ -62,7 +62,7 @@ def read_model_config(model_path: str) -> dict:
 def context_check(cfg: Config, model_path: str) -> tuple[str, str]:
     """The recipe's context against the model, as `train` checks it: a misfit is a bad recipe (ConfigError,
     exit 2, the same line `train` prints), not a failed check of the machine."""
-    from intro_lite.train.loop import check_context_length
+    from intro_lite.train.preflight import check_context_length
 
     m, p, n = check_context_length(cfg, model_path), cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens
     limit = read_model_config(model_path).get("max_position_embeddings")

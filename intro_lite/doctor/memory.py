@@ -22,7 +22,7 @@ def estimate_memory(cfg: Config, model_config: dict, gpu_total_bytes: int | None
 
     16-bit weights and activations unless model.dtype says float32 ("auto" means bf16 on a GPU).
     Not counted: the CUDA context (~0.5 GiB), allocator fragmentation, vLLM's own activations."""
-    from intro_lite.objectives import get_objective, needs_of
+    from intro_lite.objectives import get_objective
     from intro_lite.objectives.intro import DEFAULT_CHUNK_SIZE
 
     c = model_config
@@ -60,8 +60,8 @@ def estimate_memory(cfg: Config, model_config: dict, gpu_total_bytes: int | None
         terms.append(("vLLM KV cache", kv_need, f"{need} (no GPU here: vLLM reserves gpu_memory_utilization "
                       f"{cfg.rollout.gpu_memory_utilization} x its memory instead)"))
 
-    okw = cfg.objective_kwargs()
-    needs = needs_of(get_objective(cfg.objective), **okw)
+    ocfg = cfg.objective_config()
+    needs = get_objective(cfg.objective).needs_for(ocfg)
     mb = max(cfg.train.micro_batch_size, G) if needs.whole_groups else cfg.train.micro_batch_size
     T = cfg.rollout.max_new_tokens
     tokens = mb * (cfg.data.max_prompt_tokens + T)
@@ -74,8 +74,8 @@ def estimate_memory(cfg: Config, model_config: dict, gpu_total_bytes: int | None
     terms.append(("activations", act, how))
 
     passes = 1 + needs.posterior + needs.reference
-    if getattr(needs, "hidden_states", False):  # InTRO's chunked loss: a few [chunk, V] buffers, never [N, V]
-        chunk = okw.get("logits_chunk_size") or DEFAULT_CHUNK_SIZE
+    if needs.hidden_states:  # InTRO's chunked loss: a few [chunk, V] buffers, never [N, V]
+        chunk = getattr(ocfg, "logits_chunk_size", 0) or DEFAULT_CHUNK_SIZE
         logits, how = chunk * V * 4 * 4, f"position-chunked: ~4 fp32 buffers of {chunk} positions x {V} vocab"
     else:
         copies = 2 * passes + 1

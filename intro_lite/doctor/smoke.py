@@ -38,7 +38,7 @@ def smoke_cfg(cfg: Config, out_dir: Path) -> Config:
 
 def smoke_test(cfg: Config, model_path: str) -> list[tuple[str, str, str]]:
     from intro_lite.grading import Grader
-    from intro_lite.train import make_engine
+    from intro_lite.train.loop import make_engine
 
     rows: list[tuple[str, str, str]] = []
     tmp = Path(tempfile.mkdtemp(prefix="intro-lite-doctor-"))
@@ -174,7 +174,8 @@ def round_trip(rows, cfg: Config, model_path: str, run_dir: Path, tmp: Path, ada
 
     from intro_lite.data.problems import PromptSampler
     from intro_lite.policy import load_adapter_weights, load_policy, trainable_parameters
-    from intro_lite.train import latest_checkpoint, lr_lambda, restore_checkpoint, save_checkpoint
+    from intro_lite.train.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+    from intro_lite.train.loop import lr_lambda
 
     t0 = time.perf_counter()
     ckpt = latest_checkpoint(cfg)

@@ -1,20 +1,19 @@
 """What an objective is and how the loop talks to it; the registry.
 
-An objective is a class registered with ``@register("name")``. It declares which forward passes
-the training loop must run (``needs``, or ``needs_for(**config)`` when that depends on its config:
-use :func:`needs_of`) and computes the loss from their outputs with a pure
-``compute(inputs, **config) -> (loss, stats)``; ``stats`` holds python floats for logging (keys
-starting ``n_`` are counts the loop adds up over micro-batches, the rest are means the loop
-weights by rows). Its ``config`` dataclass is its table in the run config (``section``, default
-the name) and holds every default of its keyword arguments.
+An objective is a subclass of :class:`Objective` registered with ``@register("name")``. Its
+``config`` dataclass is its table in the run config (``section``, default the name) with every
+default written there once; the loop builds it from the TOML, checks it once, and hands the typed
+object to each hook. The hooks, with defaults here:
 
-Two optional hooks let an objective own the rows and the extra passes only it needs, so the loop
-never names an objective:
-
-* ``make_rows(step, **config) -> list[Row]``: the rows to train this step (default
-  :func:`rollout_rows`: one per rollout, correct ones only if ``needs.kept_only``);
-* ``extra_passes(inputs, chunk, ctx, **config)``: fills ``inputs`` fields from further no-grad
-  passes (``ctx.logits``), run after the policy/posterior/reference passes of a micro-batch.
+* ``needs_for(cfg) -> Needs``: which forward passes the loop runs (default: the class's ``needs``);
+* ``make_rows(step, cfg) -> list[Row]``: the rows to train this step (default :func:`rollout_rows`:
+  one per rollout, correct ones only if ``needs.kept_only``);
+* ``extra_passes(inputs, chunk, ctx, cfg) -> dict``: further no-grad passes only it needs (IAPO's
+  answer probe, RePro's prefix scores), run after the policy/posterior/reference passes of a
+  micro-batch; what it returns becomes ``inputs.extra``;
+* ``compute(inputs, cfg, *, generator) -> (loss, stats)``: the loss, a pure function of tensors.
+  ``stats`` holds python floats for logging (keys starting ``n_`` are counts the loop adds up over
+  micro-batches, the rest are means the loop weights by rows).
 
 All logits are ``[B, T, V]`` and sliced so that position t predicts ``tokens[:, t]`` (the
 rationale ids from the rollout); ``mask`` ``[B, T]`` is 1 on the tokens that count.
@@ -25,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar
 
 from torch import Tensor
 
@@ -37,7 +36,8 @@ class Needs:
     posterior: bool = False  # x ⊕ y ⊕ z (answer-conditioned), no gradient
     # The answer-conditioned pass with the adapter disabled: a frozen teacher (the start model), not the policy.
     frozen_posterior: bool = False
-    reference: bool = False  # x ⊕ z with the adapter disabled, no gradient
+    # x ⊕ z with the adapter disabled, no gradient: ``reference_logprobs`` (the k3 KL to the start model)
+    reference: bool = False
     kept_only: bool = False  # only rationales whose answer was graded correct
     # The rationale is the dataset's golden solution z*, not a rollout (SFT): the loop rolls nothing out.
     gold_solution: bool = False
@@ -45,10 +45,6 @@ class Needs:
     answer_suffix: bool = False
     # A micro-batch must hold every row of each group it touches (advantages depend on forward outputs).
     whole_groups: bool = False
-    # ``probe_entropy``: per-position answer-probe entropies (IAPO ``last_token``), from ``extra_passes``.
-    answer_entropy_probe: bool = False
-    # ``prefix_positions``/``prefix_scores``: gold-answer log-probs after rationale prefixes (RePro), from ``extra_passes``.
-    prefix_scores: bool = False
     # ``batch`` (whole-batch BatchInfo) is read: compute returns the micro-batch's share of the
     # full-batch loss, and the loop sums micro-batch losses unscaled. When False (intro), compute
     # returns a mean over its rows and the loop scales each micro-batch loss by rows / n_rows.
@@ -86,13 +82,9 @@ class ObjectiveInputs:
     sampled_logprobs: Tensor | None = None  # [B, T]
     answer_mask: Tensor | None = None  # [B, T] 1 on the gold-answer tokens y (answer_suffix)
     max_completion_length: int | None = None  # rollout max_new_tokens, for `dr_grpo` aggregation
-    # IAPO last_token: H_t = entropy of the next-token distribution at the first answer position
-    # after x ⊕ z<t ⊕ answer marker, for each rationale position t.
-    probe_entropy: Tensor | None = None  # [B, T]
-    # RePro: scored prefix lengths p (ascending; first 0, last the rationale's end; pad -1) and J̃_p,
-    # the mean log-prob of the gold answer tokens (``\boxed{y}``) given x ⊕ z[:p].
-    prefix_positions: Tensor | None = None  # [B, P] long
-    prefix_scores: Tensor | None = None  # [B, P] float
+    # What the objective's own ``extra_passes`` returned for this micro-batch (IAPO's probe entropies,
+    # RePro's prefix scores); named and described by that objective.
+    extra: dict[str, Tensor] = dataclasses.field(default_factory=dict)
     batch: BatchInfo | None = None  # whole-step totals; None = this micro-batch is the whole batch
     # needs.hidden_states: logits = hidden @ lm_head_weight.T, made by the objective chunk by chunk.
     policy_hidden: Tensor | None = None  # [B, T, H], with gradient
@@ -154,47 +146,35 @@ def rollout_rows(step: StepRollouts, *, kept_only: bool) -> list[Row]:
             for j, ((i, s), c, r) in enumerate(zip(step.rollouts, step.correct, rewards)) if c or not kept_only]
 
 
-class Objective(Protocol):
-    name: ClassVar[str]
-    needs: ClassVar[Needs]  # with the default config; see needs_of
-    stat_keys: ClassVar[tuple[str, ...]]  # the keys of `compute`'s stats, logged as null when nothing trained
-    config: ClassVar[type | None]  # its config dataclass: the defaults of `compute`'s keyword arguments
-    section: ClassVar[str]  # its table in the run config (set by `register`, default the name)
+class Objective:
+    """Base class of the objectives: set the class attributes, implement ``compute``, override a hook
+    where the default does not fit. One instance per objective is registered (``register``)."""
 
-    def compute(self, inputs: ObjectiveInputs, **config) -> tuple[Tensor, dict[str, float]]: ...
+    name: ClassVar[str] = ""  # set by `register`
+    section: ClassVar[str] = ""  # its table in the run config (set by `register`, default the name)
+    config: ClassVar[type | None] = None  # its settings dataclass (frozen): the defaults, written once
+    needs: ClassVar[Needs] = Needs()  # with the default config; see needs_for
+    stat_keys: ClassVar[tuple[str, ...]] = ()  # the keys of `compute`'s stats, logged as null when nothing trained
 
+    def default_config(self):
+        """Its settings with every default (None for an objective without keys)."""
+        return None if self.config is None else self.config()
 
-def needs_of(objective: Objective, **config) -> Needs:
-    """The passes ``objective`` needs under ``config``: its ``needs`` (or ``needs_for(**config)``), and the
-    reference pass (adapter disabled) exactly when its table has a ``beta`` (the k3 KL weight) that is not 0."""
-    needs_for = getattr(objective, "needs_for", None)
-    needs = needs_for(**config) if needs_for is not None else objective.needs
-    c = settings(objective, config)
-    if c is not None and hasattr(c, "beta"):
-        needs = dataclasses.replace(needs, reference=c.beta != 0.0)
-    return needs
+    def needs_for(self, cfg) -> Needs:
+        """The passes it needs under ``cfg`` (its config dataclass instance, or None)."""
+        return self.needs
 
+    def make_rows(self, step: "StepRollouts", cfg) -> list[Row]:
+        """The rows to train this step: one per rollout, the correct ones only if it keeps only those."""
+        return rollout_rows(step, kept_only=self.needs_for(cfg).kept_only)
 
-def make_rows(objective: Objective, step: StepRollouts, **config) -> list[Row]:
-    """The objective's own rows (``make_rows`` hook) or one per rollout."""
-    hook = getattr(objective, "make_rows", None)
-    if hook is not None:
-        return hook(step, **config)
-    return rollout_rows(step, kept_only=needs_of(objective, **config).kept_only)
+    def extra_passes(self, inputs: ObjectiveInputs, chunk: list[Row], ctx: "PassContext", cfg) -> dict[str, Tensor]:
+        """Further no-grad passes over the micro-batch ``chunk`` (``inputs`` holds the other passes'
+        outputs); the loop stores the result in ``inputs.extra``."""
+        return {}
 
-
-def settings(objective: Objective, config: dict):
-    """``config`` over the objective's config-dataclass defaults; an unknown key is a TypeError."""
-    fields = {f.name for f in dataclasses.fields(objective.config)} if objective.config else set()
-    unknown = set(config) - fields
-    if unknown:
-        raise TypeError(f"{objective.name}: unknown config keys {sorted(unknown)}")
-    return objective.config(**config) if objective.config else None
-
-
-def config_kwargs(section) -> dict:
-    """A config section (the objective's dataclass) as `compute` keyword arguments ({} for None)."""
-    return {} if section is None else {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+    def compute(self, inputs: ObjectiveInputs, cfg=None, *, generator=None) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError(f"objective {self.name!r} has no compute()")
 
 
 _token_sink: list | None = None
@@ -235,20 +215,57 @@ def register(name: str, *, section: str | None = None) -> Callable[[type], type]
     def decorate(cls: type) -> type:
         if name in _REGISTRY:
             raise ValueError(f"objective {name!r} is already registered")
-        cls.name = name
-        cls.section = section or name
-        cls.config = getattr(cls, "config", None)
+        if not (isinstance(cls, type) and issubclass(cls, Objective)):
+            raise TypeError(f"objective {name!r}: {cls!r} is not a subclass of intro_lite.objectives.Objective")
+        cls.name, cls.section = name, section or name
         _REGISTRY[name] = cls()
         return cls
 
     return decorate
 
 
+def is_user_objective(name: str) -> bool:
+    """``"path/to/file.py:Name"`` or ``"pkg.module:Name"``: an objective from the user's own code."""
+    return ":" in name
+
+
 def get_objective(name: str) -> Objective:
-    try:
+    """The registered objective ``name``; a user spec (``file.py:Name``) is imported and registered
+    under the spec on first use, with its config table named ``Name``. Errors: one-line ValueError."""
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown objective {name!r}; known: {', '.join(available())}") from None
+    if not is_user_objective(name):
+        raise ValueError(f"unknown objective {name!r}; known: {', '.join(available())}, or 'file.py:Name'")
+    cls = _load_user_objective(name)
+    register(name, section=cls.section or name.rpartition(":")[2])(cls)
+    return _REGISTRY[name]
+
+
+def _load_user_objective(spec: str) -> type:
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr.isidentifier():
+        raise ValueError(f"objective {spec!r}: expected 'path/to/file.py:Name' or 'pkg.module:Name'")
+    try:
+        if target.endswith(".py"):
+            if not Path(target).is_file():
+                raise ValueError(f"objective {spec!r}: file not found: {target}")
+            loader = importlib.util.spec_from_file_location(f"intro_lite_user_objective_{Path(target).stem}", target)
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except ValueError:
+        raise
+    except Exception as e:  # the user's code: name the file and its first error, in one line
+        raise ValueError(f"objective {spec!r}: importing {target} failed: {type(e).__name__}: {e}") from None
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Objective)):
+        raise ValueError(f"objective {spec!r}: {target} has no class {attr!r} subclassing intro_lite.objectives.Objective")
+    return cls
 
 
 def registered() -> list[Objective]:
@@ -257,4 +274,5 @@ def registered() -> list[Objective]:
 
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    """The built-in objectives' names (user objectives are named by their spec)."""
+    return sorted(n for n in _REGISTRY if not is_user_objective(n))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from intro_lite.objectives.base import BatchInfo, Needs, ObjectiveInputs, register, settings
+from intro_lite.objectives.base import BatchInfo, Needs, Objective, ObjectiveInputs, register
 from intro_lite.objectives.common import (batch_info, check_shapes, group_inputs, group_reward_stats, group_slots,
                                           grpo_advantages, masked_mean, token_logprobs, universe_of)
 
@@ -61,11 +61,10 @@ def gpg_loss(
 
 
 @register("gpg")
-class GPG:
+class GPG(Objective):
     needs = Needs(batch_totals=True)
     stat_keys = GPG_STAT_KEYS
 
-    def compute(self, inputs: ObjectiveInputs, *, generator=None, **config) -> tuple[Tensor, dict[str, float]]:
-        settings(self, config)
+    def compute(self, inputs: ObjectiveInputs, cfg: None = None, *, generator=None) -> tuple[Tensor, dict[str, float]]:
         rewards, group_ids = group_inputs(inputs, self.name)
         return gpg_loss(inputs.policy_logits, inputs.tokens, inputs.mask, rewards, group_ids, batch=inputs.batch)

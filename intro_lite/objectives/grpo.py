@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
 from torch import Tensor
 
 from intro_lite.bounds import bounded
-from intro_lite.objectives.base import BatchInfo, Needs, ObjectiveInputs, register, settings
+from intro_lite.objectives.base import BatchInfo, Needs, Objective, ObjectiveInputs, register
 from intro_lite.objectives.common import (STD_EPS, batch_info, check_shapes, group_inputs, grpo_advantages,
                                           surrogate_args, surrogate_loss, token_logprobs)
 
 
-@dataclass
+@dataclass(frozen=True)
 class GrpoConfig:
     beta: float = bounded(0.04, ge=0)  # k3 KL weight against the adapter-disabled base; 0 = no reference pass
     epsilon: float = bounded(0.2, gt=0, lt=1)
@@ -23,7 +24,7 @@ class GrpoConfig:
     std_eps: float = bounded(STD_EPS, gt=0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DrGrpoConfig(GrpoConfig):
     """GRPO's keys with Dr. GRPO's defaults: no std scaling, `dr_grpo` aggregation, no KL."""
 
@@ -90,13 +91,16 @@ def grpo_loss(
 
 
 @register("grpo")
-class GRPO:
-    needs = Needs(reference=True, batch_totals=True)
+class GRPO(Objective):
+    needs = Needs(batch_totals=True)
     stat_keys = GRPO_STAT_KEYS
     config = GrpoConfig
 
-    def compute(self, inputs: ObjectiveInputs, *, generator=None, **config) -> tuple[Tensor, dict[str, float]]:
-        c = settings(self, config)
+    def needs_for(self, cfg) -> Needs:
+        return dataclasses.replace(self.needs, reference=cfg.beta != 0.0)  # the k3 KL's adapter-disabled pass
+
+    def compute(self, inputs: ObjectiveInputs, cfg: GrpoConfig | None = None, *, generator=None) -> tuple[Tensor, dict[str, float]]:
+        c = cfg or self.default_config()
         rewards, group_ids = group_inputs(inputs, self.name)
         return grpo_loss(
             inputs.policy_logits, inputs.tokens, inputs.mask, rewards, group_ids,

@@ -3,6 +3,7 @@ reduction. Mode ``last_token`` reads an answer probe it runs itself (``extra_pas
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,12 +12,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from intro_lite.bounds import bounded
-from intro_lite.objectives.base import BatchInfo, Needs, ObjectiveInputs, PassContext, Row, register, settings
+from intro_lite.objectives.base import BatchInfo, Needs, Objective, ObjectiveInputs, PassContext, Row, register
 from intro_lite.objectives.common import (STD_EPS, batch_info, check_shapes, group_inputs, grpo_advantages,
                                           masked_mean, surrogate_args, surrogate_loss, token_logprobs)
 
 
-@dataclass
+@dataclass(frozen=True)
 class IapoConfig:
     mode: Literal["next_token", "last_token"] = "next_token"
     lambda_s: float = bounded(1e-2, ge=0)  # [infer]
@@ -118,7 +119,7 @@ def iapo_loss(
     if mode not in ("next_token", "last_token"):
         raise ValueError(f"iapo mode must be 'next_token' or 'last_token', got {mode!r}")
     if mode == "last_token" and probe_entropy is None:
-        raise ValueError("iapo mode 'last_token' needs probe_entropy (Needs.answer_entropy_probe)")
+        raise ValueError("iapo mode 'last_token' needs probe_entropy (IAPO's extra_passes)")
     info = batch_info(batch, mask, rewards, group_ids)
     logp, next_entropy = token_logprobs(policy_logits, tokens, mask, with_entropy=True)
     adv, s_hat, c_hat, s = iapo_token_advantages(
@@ -145,25 +146,27 @@ def iapo_loss(
 
 
 @register("iapo")
-class IAPO:
+class IAPO(Objective):
     needs = Needs(batch_totals=True)
     stat_keys = IAPO_STAT_KEYS
     config = IapoConfig
 
-    def needs_for(self, **config) -> Needs:
-        return Needs(batch_totals=True, answer_entropy_probe=settings(self, config).mode == "last_token")
+    def needs_for(self, cfg: IapoConfig) -> Needs:
+        return dataclasses.replace(self.needs, reference=cfg.beta != 0.0)  # the k3 KL's adapter-disabled pass
 
-    def extra_passes(self, inputs: ObjectiveInputs, chunk: list[Row], ctx: PassContext, **config) -> None:
-        c = settings(self, config)
-        if c.mode == "last_token":
-            inputs.probe_entropy = answer_probe_entropy(chunk, ctx, c.probe_marker, inputs.tokens.shape).to(inputs.tokens.device)
+    def extra_passes(self, inputs: ObjectiveInputs, chunk: list[Row], ctx: PassContext, cfg: IapoConfig) -> dict[str, Tensor]:
+        """``last_token``: ``probe_entropy`` [B, T], H_t = entropy of the next-token distribution at the first
+        answer position after x ⊕ z<t ⊕ the answer marker, for each rationale position t."""
+        if cfg.mode != "last_token":
+            return {}
+        return {"probe_entropy": answer_probe_entropy(chunk, ctx, cfg.probe_marker, inputs.tokens.shape).to(inputs.tokens.device)}
 
-    def compute(self, inputs: ObjectiveInputs, *, generator=None, **config) -> tuple[Tensor, dict[str, float]]:
-        c = settings(self, config)
+    def compute(self, inputs: ObjectiveInputs, cfg: IapoConfig | None = None, *, generator=None) -> tuple[Tensor, dict[str, float]]:
+        c = cfg or self.default_config()
         rewards, group_ids = group_inputs(inputs, self.name)
         return iapo_loss(
             inputs.policy_logits, inputs.tokens, inputs.mask, rewards, group_ids, mode=c.mode,
-            probe_entropy=inputs.probe_entropy, **surrogate_args(inputs),
+            probe_entropy=inputs.extra.get("probe_entropy"), **surrogate_args(inputs),
             lambda_s=c.lambda_s, lambda_c=c.lambda_c, epsilon_low=c.epsilon_low, epsilon_high=c.epsilon_high,
             beta=c.beta, std_eps=c.std_eps,
         )

@@ -1,4 +1,4 @@
-"""InTRO loss (seed 001, Eq. 7) as a pure tensor function."""
+"""InTRO loss (In-Token Rationality Optimization, arXiv 2511.09865, Eq. 7; docs/objectives.md) as a pure tensor function."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from intro_lite.bounds import bounded
-from intro_lite.objectives.base import Needs, ObjectiveInputs, capture_tokens, capturing, register, settings
+from intro_lite.objectives.base import Needs, Objective, ObjectiveInputs, capture_tokens, capturing, register
 from intro_lite.rewards import CORRECT_ABOVE
 
 DEFAULT_CHUNK_SIZE = 128  # positions per chunk of intro_loss_from_hidden (intro.logits_chunk_size)
 STAT_KEYS = ("w_mean", "w_gt1_frac", "w_clipped_frac", "entropy", "w_own_mean", "w_sq_mean", "n_tokens")
 
 
-@dataclass
+@dataclass(frozen=True)
 class IntroConfig:
     n_candidates: int | Literal["all"] = bounded(5, ge=1, le=4096, also=("all",))  # more: use "all"
     clip_max: float = bounded(200.0, gt=0)
@@ -360,24 +360,20 @@ class _ChunkedIntro(torch.autograd.Function):
 
 
 @register("intro")
-class InTRO:
-    needs = Needs(posterior=True, reference=False, kept_only=True)
+class InTRO(Objective):
+    needs = Needs(posterior=True, kept_only=True)
     stat_keys = STAT_KEYS
     config = IntroConfig
 
-    def needs_for(self, **config) -> Needs:
+    def needs_for(self, cfg: IntroConfig) -> Needs:
         # With a chunk size the loop hands over last hidden states + the LM head weight instead of logits.
-        # Called without config (pure use), the plain logits path; the run config passes its chunk size.
-        settings(self, config)
-        return dataclasses.replace(self.needs, hidden_states=config.get("logits_chunk_size", 0) > 0,
-                                   frozen_posterior=config.get("teacher", "policy") == "base")
+        return dataclasses.replace(self.needs, hidden_states=cfg.logits_chunk_size > 0, frozen_posterior=cfg.teacher == "base")
 
-    def compute(
-        self, inputs: ObjectiveInputs, *, generator: torch.Generator | None = None, **config
-    ) -> tuple[Tensor, dict[str, float]]:
+    def compute(self, inputs: ObjectiveInputs, cfg: IntroConfig | None = None, *,
+                generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
         """``intro_loss`` on the logits, or ``intro_loss_from_hidden`` (chunks of ``logits_chunk_size``
         positions; DEFAULT_CHUNK_SIZE when it is 0) when the inputs carry hidden states and the LM head weight."""
-        c = settings(self, config)
+        cfg = cfg or self.default_config()
         hidden = inputs.policy_hidden is not None
         if hidden and (inputs.posterior_hidden is None or inputs.lm_head_weight is None):
             raise ValueError("intro with policy_hidden needs posterior_hidden and lm_head_weight too")
@@ -387,9 +383,9 @@ class InTRO:
         if inputs.rewards is not None:
             # Only correct rationales (reward > 0.5) are trained; a no-op when the loop already filtered them.
             mask = mask & (inputs.rewards > CORRECT_ABOVE).unsqueeze(1)
-        draws = dict(n_candidates=c.n_candidates, clip_max=c.clip_max, generator=generator, row_seeds=inputs.row_seeds)
+        draws = dict(n_candidates=cfg.n_candidates, clip_max=cfg.clip_max, generator=generator, row_seeds=inputs.row_seeds)
         if hidden:
             return intro_loss_from_hidden(inputs.policy_hidden, inputs.posterior_hidden, inputs.lm_head_weight,
-                                          inputs.tokens, mask, chunk_size=c.logits_chunk_size or DEFAULT_CHUNK_SIZE,
+                                          inputs.tokens, mask, chunk_size=cfg.logits_chunk_size or DEFAULT_CHUNK_SIZE,
                                           **draws)
         return intro_loss(inputs.policy_logits, inputs.posterior_logits, inputs.tokens, mask, **draws)

@@ -4,21 +4,22 @@ marker and append the gold answer y (``make_rows``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from intro_lite.bounds import bounded
-from intro_lite.objectives.base import (BatchInfo, Needs, ObjectiveInputs, Row, StepRollouts, register, rollout_rows,
-                                        settings)
+from intro_lite.objectives.base import (BatchInfo, Needs, Objective, ObjectiveInputs, Row, StepRollouts, register,
+                                        rollout_rows)
 from intro_lite.objectives.common import (batch_info, check_shapes, check_whole_groups, group_slots,
                                           reference_logprobs_of, require, token_logprobs)
 
 LATRO_ANSWER_MARKERS = ("The answer is", "\\boxed")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LatroConfig:
     beta: float = bounded(0.05, ge=0)
     answer_markers: list[str] = field(default_factory=lambda: list(LATRO_ANSWER_MARKERS))  # z is cut before the first
@@ -93,16 +94,19 @@ def latro_loss(
 
 
 @register("latro")
-class LaTRO:
+class LaTRO(Objective):
     needs = Needs(reference=True, answer_suffix=True, whole_groups=True, batch_totals=True)
     stat_keys = LATRO_STAT_KEYS
     config = LatroConfig
 
-    def make_rows(self, step: StepRollouts, **config) -> list[Row]:
+    def needs_for(self, cfg) -> Needs:
+        return dataclasses.replace(self.needs, reference=cfg.beta != 0.0)  # the k3 KL's adapter-disabled pass
+
+    def make_rows(self, step: StepRollouts, cfg: LatroConfig | None = None) -> list[Row]:
         """Every rollout without its EOS, cut before its answer marker (keeping the rollout's own ids),
         ⊕ the gold answer y. The text the cut token held before the marker (" " of " The") starts y,
         so x ⊕ z ⊕ y reads as the rollout did up to the marker."""
-        c, tok = settings(self, config), step.tokenizer
+        c, tok = cfg or self.default_config(), step.tokenizer
         rows = rollout_rows(step, kept_only=False)
         for r in rows:
             ids = r.suffix[:-1] if r.suffix and r.suffix[-1] == tok.eos_token_id else r.suffix
@@ -114,8 +118,8 @@ class LaTRO:
             r.suffix, r.n_loss = ids[:keep] + tok(lead + answer, add_special_tokens=False)["input_ids"], keep
         return rows
 
-    def compute(self, inputs: ObjectiveInputs, *, generator=None, **config) -> tuple[Tensor, dict[str, float]]:
-        c = settings(self, config)
+    def compute(self, inputs: ObjectiveInputs, cfg: LatroConfig | None = None, *, generator=None) -> tuple[Tensor, dict[str, float]]:
+        c = cfg or self.default_config()
         answer_mask = require(inputs.answer_mask, "answer_mask (Needs.answer_suffix)", self.name)
         group_ids = require(inputs.group_ids, "group_ids", self.name)
         return latro_loss(

@@ -11,19 +11,19 @@ from torch import Tensor
 
 from intro_lite.bounds import bounded
 from intro_lite.rewards import CORRECT_ABOVE
-from intro_lite.objectives.base import BatchInfo, Needs, ObjectiveInputs, register, settings
+from intro_lite.objectives.base import BatchInfo, Needs, Objective, ObjectiveInputs, register
 from intro_lite.objectives.common import (batch_info, check_shapes, float_dtype, group_inputs, group_reward_stats,
                                           require, surrogate_args, surrogate_loss, token_logprobs, universe_of,
                                           zero_loss)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RaftPPConfig:
     epsilon: float = bounded(0.2, gt=0, lt=1)
     beta: float = bounded(0.0, ge=0)  # > 0 adds the k3 KL (and the reference pass)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReinforceRejConfig:
     epsilon: float = bounded(0.2, gt=0, lt=1)
     beta: float = bounded(0.0, ge=0)
@@ -71,13 +71,16 @@ def raft_pp_loss(
 
 
 @register("raft++", section="raft_pp")
-class RAFTpp:
+class RAFTpp(Objective):
     needs = Needs(kept_only=True, batch_totals=True)
     stat_keys = RAFT_STAT_KEYS
     config = RaftPPConfig
 
-    def compute(self, inputs: ObjectiveInputs, *, generator=None, **config) -> tuple[Tensor, dict[str, float]]:
-        c = settings(self, config)
+    def needs_for(self, cfg) -> Needs:
+        return dataclasses.replace(self.needs, reference=cfg.beta != 0.0)  # the k3 KL's adapter-disabled pass
+
+    def compute(self, inputs: ObjectiveInputs, cfg: RaftPPConfig | None = None, *, generator=None) -> tuple[Tensor, dict[str, float]]:
+        c = cfg or self.default_config()
         rewards = require(inputs.rewards, "rewards", self.name)
         return raft_pp_loss(
             inputs.policy_logits, inputs.tokens, inputs.mask, rewards,
@@ -146,13 +149,17 @@ def reinforce_rej_loss(
 
 
 @register("reinforce_rej")
-class ReinforceRej:
+class ReinforceRej(Objective):
     needs = Needs(batch_totals=True)
     stat_keys = REJ_STAT_KEYS
     config = ReinforceRejConfig
 
-    def compute(self, inputs: ObjectiveInputs, *, generator=None, **config) -> tuple[Tensor, dict[str, float]]:
-        c = settings(self, config)
+    def needs_for(self, cfg) -> Needs:
+        return dataclasses.replace(self.needs, reference=cfg.beta != 0.0)  # the k3 KL's adapter-disabled pass
+
+    def compute(self, inputs: ObjectiveInputs, cfg: ReinforceRejConfig | None = None, *,
+                generator=None) -> tuple[Tensor, dict[str, float]]:
+        c = cfg or self.default_config()
         rewards, group_ids = group_inputs(inputs, self.name)
         return reinforce_rej_loss(
             inputs.policy_logits, inputs.tokens, inputs.mask, rewards, group_ids,

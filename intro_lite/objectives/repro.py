@@ -3,13 +3,14 @@ answer's log-prob along the rationale. Its prefix scores come from passes it run
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from intro_lite.bounds import bounded
-from intro_lite.objectives.base import BatchInfo, Needs, ObjectiveInputs, PassContext, Row, register, settings
+from intro_lite.objectives.base import BatchInfo, Needs, Objective, ObjectiveInputs, PassContext, Row, register
 from intro_lite.objectives.common import (STD_EPS, batch_info, check_shapes, check_whole_groups, group_inputs,
                                           group_slots, grpo_advantages, masked_mean, require, surrogate_args,
                                           surrogate_loss, token_entropy, token_logprobs)
@@ -17,7 +18,7 @@ from intro_lite.objectives.common import (STD_EPS, batch_info, check_shapes, che
 REPRO_BOUNDARY_MARKERS = (".\n", "?\n", "\n\n")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReproConfig:
     w: float = bounded(0.5, ge=0, le=1)
     alpha: float = bounded(0.1, ge=0)
@@ -201,20 +202,25 @@ def repro_loss(
 
 
 @register("repro")
-class RePro:
-    needs = Needs(whole_groups=True, prefix_scores=True, batch_totals=True)
+class RePro(Objective):
+    needs = Needs(whole_groups=True, batch_totals=True)
     stat_keys = REPRO_STAT_KEYS
     config = ReproConfig
 
-    def extra_passes(self, inputs: ObjectiveInputs, chunk: list[Row], ctx: PassContext, **config) -> None:
-        positions, scores = prefix_scores(chunk, ctx, settings(self, config), inputs.policy_logits, inputs.mask)
-        inputs.prefix_positions, inputs.prefix_scores = positions.to(inputs.tokens.device), scores.to(inputs.tokens.device)
+    def needs_for(self, cfg) -> Needs:
+        return dataclasses.replace(self.needs, reference=cfg.beta != 0.0)  # the k3 KL's adapter-disabled pass
 
-    def compute(self, inputs: ObjectiveInputs, *, generator=None, **config) -> tuple[Tensor, dict[str, float]]:
-        c = settings(self, config)
+    def extra_passes(self, inputs: ObjectiveInputs, chunk: list[Row], ctx: PassContext, cfg: ReproConfig) -> dict[str, Tensor]:
+        """``prefix_positions`` [B, P] long: scored prefix lengths p (ascending; first 0, last the rationale's
+        end; pad -1); ``prefix_scores`` [B, P]: J̃_p, the mean log-prob of the gold answer tokens given x ⊕ z[:p]."""
+        positions, scores = prefix_scores(chunk, ctx, cfg, inputs.policy_logits, inputs.mask)
+        return {"prefix_positions": positions.to(inputs.tokens.device), "prefix_scores": scores.to(inputs.tokens.device)}
+
+    def compute(self, inputs: ObjectiveInputs, cfg: ReproConfig | None = None, *, generator=None) -> tuple[Tensor, dict[str, float]]:
+        c = cfg or self.default_config()
         rewards, group_ids = group_inputs(inputs, self.name)
-        positions = require(inputs.prefix_positions, "prefix_positions (Needs.prefix_scores)", self.name)
-        scores = require(inputs.prefix_scores, "prefix_scores (Needs.prefix_scores)", self.name)
+        positions = require(inputs.extra.get("prefix_positions"), "extra['prefix_positions'] (its extra_passes)", self.name)
+        scores = require(inputs.extra.get("prefix_scores"), "extra['prefix_scores'] (its extra_passes)", self.name)
         return repro_loss(
             inputs.policy_logits, inputs.tokens, inputs.mask, rewards, group_ids, positions, scores,
             **surrogate_args(inputs),

@@ -1,10 +1,10 @@
-"""SFT on the golden solution z* [paper, seed 001]: token-mean NLL. Rolls nothing out."""
+"""SFT on the golden solution z* [paper, InTRO arXiv 2511.09865]: token-mean NLL. Rolls nothing out."""
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from intro_lite.objectives.base import BatchInfo, Needs, ObjectiveInputs, Row, StepRollouts, register, settings
+from intro_lite.objectives.base import BatchInfo, Needs, Objective, ObjectiveInputs, Row, StepRollouts, register
 from intro_lite.objectives.common import batch_info, check_shapes, masked_mean, token_logprobs, zero_loss
 
 
@@ -28,17 +28,16 @@ def sft_loss(
 
 
 @register("sft")
-class SFT:
+class SFT(Objective):
     needs = Needs(gold_solution=True, batch_totals=True)
     stat_keys = SFT_STAT_KEYS
 
-    def make_rows(self, step: StepRollouts, **_) -> list[Row]:
+    def make_rows(self, step: StepRollouts, cfg: None = None) -> list[Row]:
         """One row per prompt: the dataset's golden solution ⊕ EOS, the only text tokenised into a suffix."""
         eos, tok = [step.tokenizer.eos_token_id], step.tokenizer
         return [Row(i, step.first_group + g, step.x_ids[i], step.xy_ids[i], ids + eos, len(ids) + 1, 1.0)
                 for g, i in enumerate(step.idx)
                 if (ids := tok(step.problems[i].solution, add_special_tokens=False)["input_ids"])]
 
-    def compute(self, inputs: ObjectiveInputs, *, generator=None, **config) -> tuple[Tensor, dict[str, float]]:
-        settings(self, config)
+    def compute(self, inputs: ObjectiveInputs, cfg: None = None, *, generator=None) -> tuple[Tensor, dict[str, float]]:
         return sft_loss(inputs.policy_logits, inputs.tokens, inputs.mask, batch=inputs.batch)

@@ -25,7 +25,9 @@ from intro_lite.suffix import lm_head_weight, suffix_hidden
 from intro_lite.probe.stats import (ANSWER_MARKERS, CLASSES, Thresholds, last_number_before_answer,
                                     masked_means, position_stats, posterior_check, relative_deciles, same_number,
                                     token_classes, verdict)
-from intro_lite.train import check_context_length, make_engine, resolve_model_path, tokenize_problems
+from intro_lite.train.preflight import check_context_length
+from intro_lite.train.loop import make_engine, tokenize_problems
+from intro_lite.tiny.assets import resolve_model_path
 
 SEED_OFFSET = 977_000_000  # the probe's rollout seeds sit away from the training loop's (seed·1_000_003 + step)
 

@@ -20,7 +20,8 @@ def run_sweep(sweep: Sweep, *, say: Callable[[str], None] = print, progress: boo
     from intro_lite.grading import Grader
     from intro_lite.rollout.engine import RolloutEngine
     from intro_lite.tiny.assets import resolve_model_path
-    from intro_lite.train import engine_settings, train
+    from intro_lite.train.loop import engine_settings
+    from intro_lite.train import train
 
     from transformers.utils import logging as hf_logging
 
@@ -87,7 +88,7 @@ def check_unchanged(run_dir: Path, cfg: Config) -> None:
     """A finished cell is reused only if the sweep would still run it with the same config."""
     import dataclasses
 
-    from intro_lite.train import first_difference
+    from intro_lite.train.rundir import first_difference
 
     saved = load_config(run_dir / "config.toml")
     diff = first_difference(dataclasses.asdict(saved), dataclasses.asdict(cfg))

@@ -2,36 +2,34 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import os
 import random
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from rich.markup import escape
 
 from intro_lite.alloc import keep_freed_memory
-from intro_lite.config import Config, load_config, to_toml
+from intro_lite.config import Config
 from intro_lite.data.problems import LoadReport, Problem, PromptSampler, encode_prompts, load_problems, render_prompt
-from intro_lite.rollout.engine import RolloutEngine
-from intro_lite.tiny.assets import resolve_model_path
 from intro_lite.errors import ConfigError
 from intro_lite.grading import Grader
 from intro_lite.io import write_atomic
-from intro_lite.objectives import StepRollouts, get_objective, make_rows, needs_of
+from intro_lite.objectives import StepRollouts, get_objective
 from intro_lite.policy import load_policy, resolve_device, resolve_dtype, save_adapter, trainable_parameters
-from intro_lite.rewards import problem_dict
+from intro_lite.rollout.engine import RolloutEngine
+from intro_lite.tiny.assets import resolve_model_path
 from intro_lite.train import dist, faults
-from intro_lite.train.evals import previous_eval, run_eval
 from intro_lite.train.checkpoint import (check_world_size, clear_run_logs, latest_checkpoint, previous_rollout_tokens,
                                          restore_checkpoint, save_checkpoint)
+from intro_lite.train.evals import previous_eval, run_eval
 from intro_lite.train.metrics import Timer, make_progress, progress_info, step_record
 from intro_lite.train.passes import PassSetup
+from intro_lite.train.preflight import check_context_length, check_golds, context_length
+from intro_lite.train.rollouts import gather_ranks, microbatch_seed, roll_out
+from intro_lite.train.rundir import Notes, prepare_run_dir
 from intro_lite.train.runlog import RunLog
 from intro_lite.train.step import train_step
 
@@ -49,18 +47,19 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
     dist.init(cfg.model.device)  # under torchrun: the process group, before vLLM starts (it builds on it)
     keep_freed_memory()  # no page faults on re-allocated logits (intro_lite/alloc.py)
     # Inputs checked before anything is written; then the run dir, and on --resume the checkpoint to trust.
-    grader, objective, okw, needs, data, warn, ckpt = open_run(cfg, model_path, grader, resume=resume)
+    grader, objective, needs, data, notes, ckpt = open_run(cfg, model_path, grader, resume=resume)
     seed_everything(cfg.seed + dist.rank())  # ranks draw apart (LoRA dropout); rank 0 as one process does
     model, tokenizer = load_replicas(cfg, model_path)  # every rank starts from rank 0's fresh adapter
     problems, x_ids, xy_ids = tokenize_problems(cfg, tokenizer, data)
     optimizer, scheduler = make_optimizer(cfg, model)
     sampler = PromptSampler(len(problems), cfg.seed)  # the same on every rank: each takes its slice of a batch
     engine = engine or make_engine(cfg, model_path)
-    start, version = restore_checkpoint(ckpt, model, optimizer, scheduler, sampler, warn) if ckpt else (0, 0)
+    start, version = restore_checkpoint(ckpt, model, optimizer, scheduler, sampler, notes) if ckpt else (0, 0)
     version = push_adapter(model, engine, run_dir, version=version)
     before = run_eval(cfg, engine, grader, tokenizer, "before", 0) if start == 0 else previous_eval(cfg, "before")
     rollout_tokens = previous_rollout_tokens(cfg, start)  # the token budget counts across a resume
-    setup = PassSetup(model, objective, needs, okw, tokenizer.pad_token_id, tokenizer, problems, cfg.rollout.max_new_tokens)
+    setup = PassSetup(model, objective, cfg.objective_config(), needs, tokenizer.pad_token_id, tokenizer, problems,
+                      cfg.rollout.max_new_tokens)
     G, streak, last = cfg.rollout.group_size, 0, start
     bar = make_progress(progress and dist.is_main())
     task = bar.add_task("train", total=cfg.train.steps, completed=start, info="")
@@ -73,12 +72,12 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
             # 2-3. G rationales each with the current adapter, graded (none when it trains on gold solutions)
             rolled = None if needs.gold_solution else roll_out(cfg, engine, grader, problems, x_ids, idx, step, timer, first)
             # 4. the objective's rows: correct rollouts only, all, gold solutions, cut rationales ⊕ y
-            rows = make_rows(objective, StepRollouts(idx, x_ids, xy_ids, tokenizer, problems, G, rolled and rolled.pairs,
-                                                     rolled and rolled.correct, rolled and rolled.rewards, first), **okw)
+            rows = objective.make_rows(StepRollouts(idx, x_ids, xy_ids, tokenizer, problems, G, rolled and rolled.pairs,
+                                                    rolled and rolled.correct, rolled and rolled.rewards, first), setup.config)
             # 5-6. forward passes, loss, backward over micro-batches; one optimizer step on the LoRA weights
             with runlog.capture(step) as tokens:  # on sample steps: the objective's per-token values (InTRO's w)
                 result = train_step(setup, optimizer, rows, micro_batch_size=cfg.train.micro_batch_size,
-                                    max_grad_norm=cfg.train.max_grad_norm, generator_seed=cfg.seed * 7_919 + step * 100_003,
+                                    max_grad_norm=cfg.train.max_grad_norm, generator_seed=microbatch_seed(cfg.seed, step),
                                     step=step, nonfinite_streak=streak, max_nonfinite_steps=cfg.train.max_nonfinite_steps,
                                     timer=timer)
             streak = result.nonfinite_streak
@@ -133,81 +132,24 @@ def open_run(cfg: Config, model_path: str, grader: Grader | None, *, resume: boo
 def _open_run(cfg: Config, model_path: str, grader: Grader, *, resume: bool):
     check_context_length(cfg, model_path)
     dist.check_split(cfg.train.prompts_per_step, dist.world())
-    objective, okw = get_objective(cfg.objective), cfg.objective_kwargs()
-    needs = needs_of(objective, **okw)
+    objective = get_objective(cfg.objective)
+    needs = objective.needs_for(cfg.objective_config())
     report = LoadReport()
     data = load_problems(cfg.data, report=report)  # bad data fails here, before anything is written
     gold_note = "" if needs.gold_solution else check_golds(cfg, grader, data)  # SFT grades nothing
     prepare_run_dir(cfg, resume=resume)
-    warn = Notes(cfg.run_dir)
+    notes = Notes(cfg.run_dir)
     for note in (report.summary(), gold_note):
-        warn(note)
+        notes(note)
     # Rank 0 picks the checkpoint (and warns about the ones it skips); every rank resumes from it.
-    ckpt = dist.broadcast_object(latest_checkpoint(cfg, warn) if resume and dist.is_main() else None)
+    ckpt = dist.broadcast_object(latest_checkpoint(cfg, notes) if resume and dist.is_main() else None)
     if ckpt is not None:
         check_world_size(ckpt)
     if resume and ckpt is None and dist.is_main():
-        warn(f"--resume: no usable checkpoint in {cfg.run_dir / 'checkpoints'}; starting again from step 0")
+        notes(f"--resume: no usable checkpoint in {cfg.run_dir / 'checkpoints'}; starting again from step 0")
         clear_run_logs(cfg.run_dir)  # it died before its first (verifiable) checkpoint: start again from step 0
     dist.barrier()  # the run dir is ready before any rank writes its adapter into it
-    return objective, okw, needs, data, warn, ckpt
-
-
-# Files a run writes into its directory; a fresh start under the same name removes the leftovers of
-# one that died before logging a step (e.g. its "before" eval), so they never mix with the new run's.
-RUN_FILES = ("eval.jsonl", "eval_summary.json", "warnings.log", "checkpoints", "adapters", "final")
-
-
-def prepare_run_dir(cfg: Config, *, resume: bool = False) -> None:
-    run_dir = cfg.run_dir
-    if resume:
-        if not (run_dir / "config.toml").exists():
-            raise ConfigError(f"--resume: no run at {run_dir}")
-        saved = load_config(run_dir / "config.toml")
-        diff = first_difference(dataclasses.asdict(saved), dataclasses.asdict(cfg))
-        if diff:
-            raise ConfigError(f"--resume: {run_dir}/config.toml has {diff}; resume with the run's own config")
-        return
-    if (run_dir / "metrics.jsonl").exists():
-        raise ConfigError(f"{run_dir}: a run already exists here; use --resume, another `name`, or remove it")
-    if not dist.is_main():
-        return  # rank 0 writes the run directory
-    try:
-        nearest = next(p for p in (run_dir, *run_dir.parents) if p.exists())  # what mkdir would write into
-        if nearest.is_dir() and not os.access(nearest, os.W_OK | os.X_OK):
-            raise PermissionError(13, "Permission denied")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for name in RUN_FILES:
-            path = run_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        write_atomic(run_dir / "config.toml", to_toml(cfg))
-    except OSError as e:
-        raise ConfigError(f"{run_dir}: cannot write the run directory ({e.strerror or type(e).__name__})") from None
-
-
-class Notes:
-    """Warnings of a run: one line each on the console and appended to <run>/warnings.log."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / "warnings.log"
-
-    def __call__(self, msg: str) -> None:
-        if msg and dist.is_main():  # every rank meets the same inputs: rank 0 says it once
-            from intro_lite.quiet import warning_console
-
-            warning_console().print(f"[yellow]warning:[/yellow] {escape(msg)}", soft_wrap=True, highlight=False)
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(msg + "\n")
-
-
-def first_difference(a: dict, b: dict, prefix: str = "") -> str:
-    for key in a:
-        if isinstance(a[key], dict):
-            if diff := first_difference(a[key], b[key], f"{prefix}{key}."):
-                return diff
-        elif a[key] != b[key]:
-            return f"{prefix}{key} = {a[key]!r}, not {b[key]!r}"
-    return ""
+    return objective, needs, data, notes, ckpt
 
 
 def load_replicas(cfg: Config, model_path: str):
@@ -228,46 +170,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def context_length(cfg: Config, model_path: str) -> int:
-    """rollout.max_model_len, or the model's own context (max_position_embeddings) when it is 0."""
-    from intro_lite.policy import base_model_config
-
-    limit = base_model_config(model_path).get("max_position_embeddings")
-    if cfg.rollout.max_model_len == 0 and not limit:
-        raise ConfigError(f"rollout.max_model_len = 0 (the model's own) but {model_path}'s config has no "
-                          "max_position_embeddings; set rollout.max_model_len")
-    return cfg.rollout.max_model_len or limit
-
-
-def check_context_length(cfg: Config, model_path: str) -> int:
-    """vLLM refuses a max_model_len beyond the model's positions, and a prompt plus its rationale must
-    fit in it; say so in one line before anything is written. Returns the length the engine gets."""
-    from intro_lite.policy import base_model_config
-
-    limit, m = base_model_config(model_path).get("max_position_embeddings"), context_length(cfg, model_path)
-    if limit and m > limit:
-        raise ConfigError(f"rollout.max_model_len = {m} exceeds {model_path}'s max_position_embeddings ({limit})")
-    p, n = cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens
-    if p + n > m:
-        source = "rollout.max_model_len" if cfg.rollout.max_model_len else f"{model_path}'s own, rollout.max_model_len = 0"
-        raise ConfigError(f"data.max_prompt_tokens ({p}) + rollout.max_new_tokens ({n}) = {p + n} exceeds the context "
-                          f"length {m} ({source})")
-    return m
-
-
-def check_golds(cfg: Config, grader: Grader, problems: list[Problem], sample: int = 64) -> str:
-    """Grade a sample of the gold answers against themselves: a gold the grader cannot parse never
-    counts a rollout correct. All bad: a one-line error; some: a warning line (returned)."""
-    picked = [problems[i] for i in sorted(random.Random(cfg.seed).sample(range(len(problems)), min(sample, len(problems))))]
-    grades = grader.grade([(p.answer, "\\boxed{" + p.answer + "}") for p in picked])
-    bad = [p for p, g in zip(picked, grades) if g.status == "bad_gold"]
-    where = f"data.source {cfg.data.source}"
-    first = f"first: id {bad[0].id!r}, answer {bad[0].answer!r}" if bad else ""
-    if bad and len(bad) == len(picked):
-        raise ConfigError(f"{where}: the grader cannot parse any of {len(picked)} sampled gold answers ({first})")
-    return f"{where}: {len(bad)} of {len(picked)} sampled gold answers cannot be parsed by the grader ({first})" if bad else ""
 
 
 def engine_settings(cfg: Config, model_path: str) -> dict:
@@ -333,61 +235,6 @@ def push_adapter(model, engine, run_dir: Path, version: int) -> int:
     if old.exists():
         shutil.rmtree(old)
     return version
-
-
-@dataclass
-class Rollouts:
-    """One step's samples, G per prompt in prompt order, and their grades."""
-
-    pairs: list  # [(problem index, sample with .token_ids/.text/.finish_reason)]
-    grades: list
-    group_size: int
-
-    @property
-    def samples(self) -> list:
-        return [s for _, s in self.pairs]
-
-    @property
-    def correct(self) -> list[bool]:
-        return [g.correct for g in self.grades]
-
-    @property
-    def rewards(self) -> list[float]:
-        return [g.value for g in self.grades]
-
-
-def roll_out(cfg: Config, engine, grader, problems, x_ids: list[list[int]], idx: list[int], step: int, timer,
-             first: int = 0) -> Rollouts:
-    """G rationales for each prompt `idx` with the current adapter, graded against the gold answers.
-    `idx` starts at position `first` of the step's batch: its samples get the seeds they have on one process."""
-    G, prompts = cfg.rollout.group_size, [x_ids[i] for i in idx]
-    seed = rollout_seed(cfg.seed, step, cfg.train.prompts_per_step * G) + first * G
-    with timer("rollout"):
-        groups = engine.generate(prompts, n=G, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                 max_new_tokens=cfg.rollout.max_new_tokens, seed=seed, logprobs=False)
-    pairs = [(i, s) for i, g in zip(idx, groups) for s in g]
-    with timer("grading"):
-        grades = grader.grade([(problem_dict(problems[i]), s.text) for i, s in pairs])
-    return Rollouts(pairs, grades, G)
-
-
-def rollout_seed(seed: int, step: int, samples_per_step: int) -> int:
-    """The engine seed of step `step` (>= 1). The engine gives sample j of prompt i the seed
-    `base + i·G + j`, so step s takes [base_s, base_s + samples_per_step): consecutive steps get
-    adjacent, disjoint ranges and no two samples of a run share a random stream. (Step 1 keeps the
-    seed it always had; runs of seeds s and s + 1 overlap only after 1,000,003 samples.)"""
-    return seed * 1_000_003 + 1 + (step - 1) * samples_per_step
-
-
-def gather_ranks(rolled: Rollouts | None, rows: list, tokens: list | None):
-    """Every rank's rollouts, rows and captured per-token values, in rank order (= the batch's order):
-    what one process would log for the whole step. As is on one process."""
-    if dist.world() == 1:
-        return rolled, rows, tokens
-    parts = dist.all_gather_objects((rolled, rows, tokens))
-    rolled = None if rolled is None else Rollouts([p for r, _, _ in parts for p in r.pairs],
-                                                  [g for r, _, _ in parts for g in r.grades], rolled.group_size)
-    return rolled, [r for _, rs, _ in parts for r in rs], None if tokens is None else [t for *_, ts in parts for t in ts]
 
 
 def close_run(grader, engine) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from intro_lite.objectives import Needs, ObjectiveInputs, PassContext, Row
+from intro_lite.objectives import Needs, Objective, ObjectiveInputs, PassContext, Row
 from intro_lite.suffix import lm_head_weight, suffix_hidden, suffix_logits
 
 
@@ -16,9 +16,9 @@ class PassSetup:
     """What the passes read besides the micro-batch; fixed for a run."""
 
     model: object  # the peft policy
-    objective: object
+    objective: Objective
+    config: object  # the objective's settings (its config dataclass, or None)
     needs: Needs
-    okw: dict  # the objective's config as keyword arguments
     pad_id: int
     tokenizer: object
     problems: list  # every training problem (.answer), for the objectives' own passes
@@ -60,8 +60,6 @@ def forward_passes(setup: PassSetup, chunk: list[Row]) -> ObjectiveInputs:
                 ref, _, _ = suffix_logits(model, x, suffixes, pad)
             inputs.reference_logprobs = torch.log_softmax(ref, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
             del ref
-        extra = getattr(setup.objective, "extra_passes", None)
-        if extra is not None:
-            ctx = PassContext(setup.tokenizer, setup.problems, lambda p, s: suffix_logits(model, p, s, pad))
-            extra(inputs, chunk, ctx, **setup.okw)
+        ctx = PassContext(setup.tokenizer, setup.problems, lambda p, s: suffix_logits(model, p, s, pad))
+        inputs.extra = setup.objective.extra_passes(inputs, chunk, ctx, setup.config)
     return inputs

@@ -46,7 +46,7 @@ def train_step(setup: PassSetup, optimizer, rows: list[Row], *, micro_batch_size
             inputs.batch = batch if needs.batch_totals else None
             inputs.row_seeds = generator_seed + torch.arange(row, row + len(chunk))
             gen = torch.Generator(device=inputs.tokens.device).manual_seed(generator_seed + c)
-            loss, chunk_stats = objective.compute(inputs, **setup.okw, generator=gen)
+            loss, chunk_stats = objective.compute(inputs, setup.config, generator=gen)
         row += len(chunk)
         loss = faults.poison_loss(loss, step)
         # Objectives with batch totals return their share of the full-batch loss; the others a row mean.
