@@ -71,11 +71,15 @@ def device_check(cfg: Config) -> tuple[str, str]:
 
     from intro_lite.policy import resolve_device
 
+    from intro_lite.doctor.serve import expects_gpu
+
     device = resolve_device(cfg.model.device)  # model.device = "cuda" without CUDA raises: a fail row
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         return "ok", f"CUDA {torch.cuda.get_device_name(device)}: {free / GiB:.1f} GiB free of {total / GiB:.1f} GiB"
-    return "ok", f"CPU, {os.cpu_count()} cores (torch {torch.get_num_threads()} threads); no CUDA device"
+    cpu = f"CPU, {os.cpu_count()} cores (torch {torch.get_num_threads()} threads); no CUDA device"
+    # model.device = "auto" with a real model: the recipe is for a GPU (doctor/serve.py, `gpu_gap`)
+    return ("fail", f"{cpu}, and {cfg.model.name_or_path} expects one") if expects_gpu(cfg) else ("ok", cpu)
 
 
 def vllm_check() -> tuple[str, str]:
