@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from intro_lite.config import Config
+from intro_lite.doctor.checks import expects_gpu
 from intro_lite.errors import ConfigError, first_line
 
 
@@ -19,14 +20,6 @@ class CannotRunHere(ConfigError):
 
 
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt")
-
-
-def expects_gpu(cfg: Config) -> bool:
-    """`model.device = "cuda"`, or "auto" with a real model: the embedded tiny models are the CPU's."""
-    from intro_lite.tiny.assets import tiny_assets
-
-    device = cfg.model.device
-    return device == "cuda" or (device == "auto" and tiny_assets(cfg.model.name_or_path) is None)
 
 
 def gpu_gap(cfg: Config) -> str:
