@@ -23,7 +23,7 @@ WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt")
 
 
 def gpu_gap(cfg: Config) -> str:
-    """"" when there is a CUDA device or the recipe does not expect one; else what is missing and what to set."""
+    """Empty when there is a CUDA device or the recipe does not expect one; else what is missing and what to set."""
     import torch
 
     if torch.cuda.is_available() or not expects_gpu(cfg):
