@@ -91,7 +91,7 @@ def test_doctor_on_the_test_preset(tiny_assets):
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
     got = rows(out.stdout)
     expected = ["python", "torch", "transformers", "peft", "bitsandbytes", "vllm", "math-verify", "device", "vLLM import",
-                "bitsandbytes NF4", "host memory", "model", "context length", "vLLM engine", "training step",
+                "bitsandbytes NF4", "host memory", "model", "data", "context length", "vLLM engine", "training step",
                 "hot-swap rollout", "save -> resume", "NF4 trainer vs vLLM", "logprob parity", "memory estimate"]
     assert list(got) == expected, out.stdout
     assert all(got[name][0] == "ok" for name in expected), out.stdout
@@ -106,14 +106,22 @@ def test_doctor_on_the_test_preset(tiny_assets):
     assert f"largest term: {largest}" in out.stdout.split("Peak GPU memory estimate")[1]  # the memory table names it too
 
 
-def test_doctor_failures_exit_1_and_bad_recipe_exits_2(tiny_assets):
-    # No CUDA here: asking for it fails the device-dependent checks, and the exit code says so.
+def test_doctor_without_the_gpu_a_recipe_asks_for_and_bad_recipe_exit_2(tiny_assets, monkeypatch):
+    # No CUDA here: asking for it fails the device-dependent checks, and the machine cannot run the recipe.
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also where the tests run on a GPU
     result = CliRunner().invoke(app, ["doctor", "recipes/tiny.toml", "--set", "model.name_or_path=tiny-test",
-                                      "--set", "model.device=cuda", "--skip-smoke"], env={"COLUMNS": "400"})
-    assert result.exit_code == 1, result.output
+                                      "--set", "data.source=tiny-test", "--set", "model.device=cuda", "--skip-smoke"],
+                                env={"COLUMNS": "400"})
+    assert result.exit_code == 2, result.output
     got = rows(result.output)
     assert got["device"] == ("fail", "RuntimeError: model.device = 'cuda' but no CUDA device is available")
-    assert got["smoke test"][0] == "warn" and got["torch"][0] == "ok"
+    assert got["smoke test"][0] == "warn" and got["torch"][0] == "ok" and got["data"][0] == "ok"
+    assert result.output.strip().splitlines()[-3:-1] == [
+        "error: this machine cannot run recipes/tiny.toml:", "GPU: no CUDA device here, and this recipe (model "
+        "tiny-test) expects one"], result.output
+    assert result.output.strip().splitlines()[-1].startswith("would fit: 24 GB GPU: peak ~")
     bad = CliRunner().invoke(app, ["doctor", "nope.toml"], env={"COLUMNS": "400"})
     assert bad.exit_code == 2 and bad.output.strip() == "error: nope.toml: file not found", bad.output
 
@@ -125,3 +133,38 @@ def test_doctor_on_a_recipe_that_does_not_fit_its_model_exits_2(tiny_assets):
     assert result.exit_code == 2, result.output
     assert result.output.strip() == (f"error: rollout.max_model_len = 1024 exceeds {tiny_assets.model_dir}'s "
                                      "max_position_embeddings (512)")
+
+
+def test_doctor_on_a_machine_that_cannot_serve_the_paper_recipe(tmp_path):
+    # No GPU, no network, no cached model: one line each for what is missing and what would fit, exit 2.
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "CUDA_VISIBLE_DEVICES": "", "COLUMNS": "400", "VLLM_LOGGING_LEVEL": "ERROR"}
+    for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE"):
+        env.pop(key, None)
+    out = subprocess.run([sys.executable, "-m", "intro_lite.cli", "doctor", "recipes/qwen2.5-1.5b.toml"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text[-3000:]
+    assert "Traceback" not in text and "shared" not in text
+    got = rows(out.stdout)
+    assert got["device"][0] == "fail" and got["model"][0] == "fail" and got["data"] == (
+        "ok", "8886 problems from math-l3-5 (8888 records read)")
+    assert got["smoke test"] == ("warn", "skipped: this machine cannot run the recipe (below)")
+    lines = out.stderr.strip().splitlines()
+    assert lines[-4] == "error: this machine cannot run recipes/qwen2.5-1.5b.toml:", text[-3000:]
+    assert lines[-3] == ('GPU: no CUDA device here, and this recipe (model Qwen/Qwen2.5-1.5B) expects one; '
+                         'set model.device = "cpu" to run on the CPU anyway (slow)')
+    assert lines[-2] == (f"model weights: Qwen/Qwen2.5-1.5B is not in the Hugging Face cache ({tmp_path / 'hf' / 'hub'}) "
+                         "and the hub is offline (HF_HUB_OFFLINE=1): run `hf download Qwen/Qwen2.5-1.5B` where there "
+                         "is network (with the same HF_HOME), or set model.name_or_path to a local copy")
+    assert re.fullmatch(r"would fit: 24 GB GPU: peak ~[\d.]+ GiB, fits .*; 80 GB GPU: peak ~[\d.]+ GiB, fits .*", lines[-1])
+
+
+def test_doctor_data_check_names_what_is_missing(tmp_path):
+    from intro_lite.config import load_config
+    from intro_lite.doctor.serve import data_check
+
+    cfg = load_config(None, ["data.source=tiny-test"])
+    cfg.data.source = str(tmp_path / "gone.jsonl")  # as if it went away after the recipe was validated
+    status, detail, missing = data_check(cfg)
+    assert status == "fail" and missing == detail == f"data.source: file not found: {tmp_path / 'gone.jsonl'}"

@@ -137,3 +137,43 @@ def test_the_training_loop_fits_one_screen():
     source = (PACKAGE / "train" / "loop.py").read_text(encoding="utf-8")
     train = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "train")
     assert train.end_lineno - train.lineno + 1 <= 80
+
+
+# The trainer's side, as a GPU check of a training step would import it: none of it needs vLLM.
+TRAINER_MODULES = ["intro_lite.config", "intro_lite.policy", "intro_lite.objectives", "intro_lite.train.step",
+                   "intro_lite.train.passes", "intro_lite.train.checkpoint", "intro_lite.suffix", "intro_lite.alloc",
+                   "intro_lite.data.problems", "intro_lite.doctor.memory", "intro_lite.doctor.architectures",
+                   "intro_lite.tiny"]
+WITHOUT_VLLM = """
+import importlib, importlib.abc, sys
+
+class NoVllm(importlib.abc.MetaPathFinder):  # as if vLLM were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name == "vllm" or name.startswith("vllm."):
+            raise ImportError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, NoVllm())
+for name in sys.argv[2:]:
+    importlib.import_module(name)
+from intro_lite.config import load_config
+from intro_lite.doctor.architectures import ARCHITECTURES
+from intro_lite.doctor.memory import estimate_memory
+from intro_lite.objectives import available, get_objective
+
+for name in available():
+    get_objective(name)
+cfg = load_config(sys.argv[1])
+assert estimate_memory(cfg, ARCHITECTURES[cfg.model.name_or_path], 80 * 10**9)
+assert not [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]
+print("ok")
+"""
+
+
+def test_trainer_side_imports_without_vllm():
+    import subprocess
+
+    recipe = PACKAGE.parent / "recipes" / "qwen2.5-1.5b.toml"
+    out = subprocess.run([sys.executable, "-c", WITHOUT_VLLM, str(recipe), *TRAINER_MODULES], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

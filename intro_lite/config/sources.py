@@ -1,6 +1,10 @@
 """What a source name means, without reading any data: `tiny` / `tiny-<preset>` (the embedded demo),
-a local data file, or a named evaluation benchmark (its files, fields and gold format; the files are
-read by `data/benchmarks.py`). The config validator checks `eval.source` against these tables.
+a local data file, a packaged training set (`math-l3-5`), or a named evaluation benchmark (its files,
+fields and gold format; the files are read by `data/benchmarks.py`). The config validator checks
+`data.source`, `data.exclude_ids_from` and `eval.source` against these tables.
+
+The packaged data lives inside the package (`intro_lite/data/eval/`, `intro_lite/data/train/`; provenance
+in `intro_lite/data/README.md`), so it is found from any working directory and in a non-editable install.
 """
 
 from __future__ import annotations
@@ -11,10 +15,43 @@ from pathlib import Path
 
 from intro_lite.errors import ConfigError
 
+PACKAGE_DATA = Path(__file__).resolve().parent.parent / "data"
+EVAL_DATA_DIR = PACKAGE_DATA / "eval"  # the named benchmarks' files (`intro-lite eval --data-dir` default)
+# Packaged training sets: name -> file under PACKAGE_DATA.
+TRAIN_SETS: dict[str, str] = {
+    # MATH (Hendrycks et al.) train + test, levels 3-5, minus the MATH500 problems: PRM800K's 12k training
+    # split cut to levels 3-5, 8,888 records, each line byte-identical to the MATH record (README there).
+    "math-l3-5": "train/math_l3-5.jsonl",
+}
+
 
 def is_tiny(name: str) -> bool:
     """`tiny` or `tiny-<preset>`: the embedded demo's model / train split / test split."""
     return re.fullmatch(r"tiny(-[a-z0-9_]+)?", name) is not None and not Path(name).exists()
+
+
+def packaged_file(name: str) -> Path | None:
+    """The packaged file a data name stands for: a training set of TRAIN_SETS, or a named benchmark held in
+    one file (`math500`, e.g. for data.exclude_ids_from); None for anything else, or when a path of that
+    name exists (a local file wins, as with `tiny`)."""
+    if Path(name).exists():
+        return None
+    if name in TRAIN_SETS:
+        return PACKAGE_DATA / TRAIN_SETS[name]
+    spec = BENCHMARKS.get(_key(name))
+    return EVAL_DATA_DIR / spec.files[0] if spec is not None and len(spec.files) == 1 else None
+
+
+def resolve_data_file(name: str, key: str = "data.source") -> str:
+    """A packaged name as the path of its file (which must be there); anything else unchanged."""
+    path = packaged_file(name)
+    if path is None:
+        return name
+    if not path.is_file():
+        raise ConfigError(f"{key} = {name!r}: the packaged file {path.relative_to(PACKAGE_DATA.parent.parent)} is "
+                          "missing from this install; reinstall intro-lite, or set "
+                          f"{key} to a local .jsonl file")
+    return str(path)
 
 
 def looks_local(source: str) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from intro_lite.bounds import check_bounds
-from intro_lite.config.sources import get_spec, is_tiny, looks_local
+from intro_lite.config.sources import get_spec, is_tiny, looks_local, resolve_data_file
 from intro_lite.errors import ConfigError
 from intro_lite.rewards import check_reward
 from intro_lite.rollout.lora_rules import check_lora_compat
@@ -60,6 +60,7 @@ def validate(cfg: Config) -> None:
         _require("{question}" in tmpl, f"data.{key}", "must contain {question}")
     _require("{answer}" in cfg.data.hint_template, "data.hint_template", "must contain {answer}")
     for src in [cfg.data.source] if isinstance(cfg.data.source, str) else cfg.data.source:
+        src = resolve_data_file(src)  # a packaged set (`math-l3-5`) as its file; a missing one fails here
         if not is_tiny(src) and looks_local(src):
             _require(Path(src).exists(), "data.source", f"file not found: {src}")
     if cfg.eval.source and not is_tiny(cfg.eval.source) and looks_local(cfg.eval.source):
@@ -70,7 +71,8 @@ def validate(cfg: Config) -> None:
         except ConfigError as e:
             raise ConfigError(f"'eval.source': {e}") from None
     if cfg.data.exclude_ids_from:
-        _require(Path(cfg.data.exclude_ids_from).is_file(), "data.exclude_ids_from", f"file not found: {cfg.data.exclude_ids_from}")
+        exclude = resolve_data_file(cfg.data.exclude_ids_from, "data.exclude_ids_from")  # a file, or `math500`
+        _require(Path(exclude).is_file(), "data.exclude_ids_from", f"file not found: {cfg.data.exclude_ids_from}")
 
 
 def is_single_component(name: str) -> bool:

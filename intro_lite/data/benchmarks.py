@@ -1,8 +1,8 @@
 """Evaluation benchmarks as problems: read each benchmark's files and take its gold answers.
 
 Which benchmarks exist, where each file lives and which field holds the problem is the table in
-`config/sources.py` (the config validator reads it too). The named benchmarks read the offline copies
-in `../shared/data/eval/` (field names and quirks are in that directory's README). Anything else is
+`config/sources.py` (the config validator reads it too). The named benchmarks read the copies packaged
+in `intro_lite/data/eval/` (provenance, field names and quirks in `intro_lite/data/README.md`). Anything else is
 a local .jsonl/.json/.parquet file or a Hugging Face dataset name (`org/name`), with an optional field
 mapping; `tiny` / `tiny-<preset>` is the embedded demo's test split.
 """
@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from intro_lite.config.sources import BenchmarkSpec, get_spec, is_tiny
+from intro_lite.config.sources import EVAL_DATA_DIR, BenchmarkSpec, get_spec, is_tiny
 from intro_lite.data.problems import Problem, load_rows
 from intro_lite.errors import ConfigError
 from intro_lite.grading import extract_boxed
 from intro_lite.tiny.assets import tiny_assets
 
-DEFAULT_DATA_DIR = Path("../shared/data/eval")  # relative to the working directory
+DEFAULT_DATA_DIR = EVAL_DATA_DIR  # inside the package: found from any working directory
 
 
 def load_benchmark(name_or_path: str | BenchmarkSpec, *, data_dir: str | Path = DEFAULT_DATA_DIR, limit: int = 0,
@@ -62,7 +62,7 @@ def _sources(spec: BenchmarkSpec, data_dir: Path) -> list[str]:
 
 
 def _custom_fields(spec: BenchmarkSpec, row: dict, src: str) -> BenchmarkSpec:
-    """Fill unmapped fields of a file / HF dataset from the usual names (as in the shared eval files)."""
+    """Fill unmapped fields of a file / HF dataset from the usual names (as in the packaged eval files)."""
 
     def first(*names: str) -> str:
         found = next((n for n in names if n in row), "")

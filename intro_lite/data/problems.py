@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from intro_lite.config.schema import DataConfig
-from intro_lite.config.sources import looks_local
+from intro_lite.config.sources import looks_local, resolve_data_file
 from intro_lite.errors import ConfigError, first_line
 from intro_lite.grading import extract_boxed
 from intro_lite.tiny.assets import tiny_assets
@@ -48,7 +48,8 @@ class LoadReport:
 
 
 def _sources(source: str | list[str]) -> list[str]:
-    return [source] if isinstance(source, str) else list(source)
+    """The files (or HF dataset names) to read, packaged names (`math-l3-5`) as their files."""
+    return [resolve_data_file(s) for s in ([source] if isinstance(source, str) else list(source))]
 
 
 def load_rows(source: str, split: str) -> list[dict]:
@@ -125,7 +126,7 @@ def load_problems(cfg: DataConfig, *, source: str | list[str] | None = None, rep
     report = report if report is not None else LoadReport()
     excluded: set[str] = set()
     if cfg.exclude_ids_from:
-        for row in load_rows(cfg.exclude_ids_from, "train"):
+        for row in load_rows(resolve_data_file(cfg.exclude_ids_from, "data.exclude_ids_from"), "train"):
             if cfg.id_field not in row:
                 raise ConfigError(f"{cfg.exclude_ids_from}: records have no field '{cfg.id_field}' (data.id_field)")
             excluded.add(str(row[cfg.id_field]))

@@ -14,13 +14,16 @@ from pathlib import Path
 from intro_lite.config import DEFAULTS_FILE, Config, load_config
 from intro_lite.doctor.checks import GiB, attempt, environment_checks
 from intro_lite.doctor.memory import estimate_memory, gpu_total_bytes, memory_row
+from intro_lite.doctor.serve import CannotRunHere, data_check, gpu_gap, model_weights, tabled_config, would_fit
 from intro_lite.doctor.smoke import smoke_test
 
 TINY_RECIPE = DEFAULTS_FILE.parent / "recipes" / "tiny.toml"
 
 
 def run_doctor(recipe: Path | None, overrides: list[str] = (), *, smoke: bool = True, console=None) -> bool:
-    """Print the checks and the memory estimate; True if nothing failed. A bad recipe raises ConfigError."""
+    """Print the checks and the memory estimate; True if nothing failed. A bad recipe raises ConfigError, and
+    so does a machine that lacks what the recipe needs (`CannotRunHere`: the GPU, the model weights, the
+    data, one line each, and what would fit), after the report: both exit 2."""
     from rich.console import Console
 
     console = console or Console()
@@ -28,22 +31,39 @@ def run_doctor(recipe: Path | None, overrides: list[str] = (), *, smoke: bool = 
         recipe = TINY_RECIPE
     cfg = load_config(recipe, list(overrides))
     model_rows: list[tuple[str, str, str]] = []
+    missing = [gap] if (gap := attempt(model_rows, "GPU", lambda: gpu_gap(cfg))) else []
     model_path = attempt(model_rows, "model", lambda: resolve_model(cfg))
     if model_path:
-        shown = cfg.model.name_or_path + (f" -> {model_path}" if model_path != cfg.model.name_or_path else "")
-        model_rows.append(("model", "ok", shown))
+        if model_path == cfg.model.name_or_path:  # not a tiny model: a directory or a hub name, maybe not here
+            status, detail, gap = model_weights(model_path)
+            model_rows.append(("model", status, detail))
+            missing += [f"model weights: {gap}"] if gap else []
+            model_path = None if gap else model_path
+        else:
+            model_rows.append(("model", "ok", f"{cfg.model.name_or_path} -> {model_path}"))
+    status, detail, gap = data_check(cfg)
+    model_rows.append(("data", status, detail))
+    missing += [f"data: {gap}"] if gap else []
     model_config = attempt(model_rows, "model config", lambda: read_model_config(model_path)) if model_path else None
     if model_config:
         model_rows.append(("context length", *context_check(cfg, model_path)))
+    elif not model_path and (model_config := tabled_config(cfg.model.name_or_path)):
+        model_rows.append(("model config", "warn", f"not here; the estimate uses {cfg.model.name_or_path}'s public "
+                                                   "config.json numbers (intro_lite/doctor/architectures.py)"))
     terms = attempt(model_rows, "memory estimate", lambda: estimate_memory(cfg, model_config, gpu_total_bytes())) if model_config else None
     rows = environment_checks(cfg, terms) + model_rows
-    if smoke and model_path:
+    if missing:
+        rows.append(("smoke test", "warn", "skipped: this machine cannot run the recipe (below)"))
+    elif smoke and model_path:
         rows += smoke_test(cfg, model_path)
     elif not smoke:
         rows.append(("smoke test", "warn", "skipped (--skip-smoke)"))
     if terms:
         rows.append(memory_row(terms))
     print_report(console, cfg, recipe, rows, terms)
+    if missing:
+        raise CannotRunHere("\n".join([f"this machine cannot run {recipe or 'the defaults'}:", *missing,
+                                        would_fit(cfg, model_config)]))
     return not any(status == "fail" for _, status, _ in rows)
 
 

@@ -75,7 +75,17 @@ def device_check(cfg: Config) -> tuple[str, str]:
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         return "ok", f"CUDA {torch.cuda.get_device_name(device)}: {free / GiB:.1f} GiB free of {total / GiB:.1f} GiB"
-    return "ok", f"CPU, {os.cpu_count()} cores (torch {torch.get_num_threads()} threads); no CUDA device"
+    cpu = f"CPU, {os.cpu_count()} cores (torch {torch.get_num_threads()} threads); no CUDA device"
+    # model.device = "auto" with a real model: the recipe is for a GPU (also a line of doctor/serve.py's `gpu_gap`)
+    return ("fail", f"{cpu}, and {cfg.model.name_or_path} expects one") if expects_gpu(cfg) else ("ok", cpu)
+
+
+def expects_gpu(cfg: Config) -> bool:
+    """`model.device = "cuda"`, or "auto" with a real model: the embedded tiny models are the CPU's."""
+    from intro_lite.config.sources import is_tiny
+
+    device = cfg.model.device
+    return device == "cuda" or (device == "auto" and not is_tiny(cfg.model.name_or_path))
 
 
 def vllm_check() -> tuple[str, str]:
