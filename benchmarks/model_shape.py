@@ -152,7 +152,7 @@ def trainer_step(model, opt, meter: Meter, cfg, rows: int, prompt: int, rational
 
     from intro_lite.objectives.intro import DEFAULT_CHUNK_SIZE, intro_loss_from_hidden
     from intro_lite.policy import trainable_parameters
-    from intro_lite.suffix import lm_head_weight, suffix_hidden
+    from intro_lite.forward import lm_head_weight, suffix_hidden
 
     g = torch.Generator().manual_seed(seed)
     ids = lambda n: torch.randint(3, vocab, (n,), generator=g).tolist()  # noqa: E731 (0-2: pad/eos/unk)

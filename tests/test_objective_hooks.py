@@ -66,7 +66,7 @@ def test_latro_rows_keep_the_space_before_y_and_never_append_after_eos():
 def test_iapo_probe_is_the_entropy_after_the_whole_marker(tiny_assets):
     from intro_lite.config import load_config
     from intro_lite.policy import load_policy
-    from intro_lite.suffix import suffix_logits
+    from intro_lite.forward import suffix_logits
 
     cfg = load_config("recipes/tiny.toml", ["model.name_or_path=tiny-test", "data.source=tiny-test",
                                             "eval.source=tiny-test", "model.quantization=none"])

@@ -8,7 +8,7 @@ import torch
 from intro_lite.config import load_config
 from intro_lite.objectives import Row, available, get_objective
 from intro_lite.policy import load_policy, save_adapter, trainable_parameters
-from intro_lite.suffix import suffix_logits
+from intro_lite.forward import suffix_logits
 from intro_lite.train.passes import PassSetup
 from intro_lite.train.step import train_step
 

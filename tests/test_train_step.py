@@ -68,12 +68,12 @@ def _rows(tok, G=3, prompts=2, seed=0):
     return rows
 
 
-def _setup(model, tok, name, **okw):
+def _setup(model, tok, name, **settings):
     from intro_lite.objectives import get_objective
     from intro_lite.train.passes import PassSetup
 
     objective = get_objective(name)
-    cfg = objective.config(**okw) if objective.config else None
+    cfg = objective.config(**settings) if objective.config else None
     return PassSetup(model, objective, cfg, objective.needs_for(cfg), tok.pad_token_id, tok, [], 16)
 
 
@@ -85,7 +85,7 @@ def _step(model, tok, name, rows, mb, lr=1.0, **kw):
     params = trainable_parameters(model)
     before = [p.detach().clone() for p in params]
     opt = torch.optim.SGD(params, lr=lr)
-    result = train_step(_setup(model, tok, name, **kw.pop("okw", {})), opt, rows, micro_batch_size=mb,
+    result = train_step(_setup(model, tok, name, **kw.pop("settings", {})), opt, rows, micro_batch_size=mb,
                         max_grad_norm=1e9, generator_seed=5, **kw)
     delta = [p.detach() - b for p, b in zip(params, before)]
     with torch.no_grad():
@@ -96,10 +96,10 @@ def _step(model, tok, name, rows, mb, lr=1.0, **kw):
 
 # InTRO's sampled candidates come from per-row seeds (generator_seed + the row's index in the step),
 # so the sampled form splits into micro-batches as exactly as the exact form ("all").
-@pytest.mark.parametrize("name, okw", [("grpo", {"beta": 0.04}), ("intro", {"n_candidates": "all"}),
+@pytest.mark.parametrize("name, settings", [("grpo", {"beta": 0.04}), ("intro", {"n_candidates": "all"}),
                                        ("intro", {"n_candidates": 5}),
                                        ("intro", {"n_candidates": 5, "logits_chunk_size": 3}), ("latro", {})])
-def test_train_step_micro_batches_equal_one_batch(policy, name, okw):
+def test_train_step_micro_batches_equal_one_batch(policy, name, settings):
     model, tok = policy
     rows = _rows(tok)
     if name == "intro":  # kept_only: the loop feeds it correct rollouts only
@@ -107,8 +107,8 @@ def test_train_step_micro_batches_equal_one_batch(policy, name, okw):
     if name == "latro":  # z ⊕ y: the last two suffix tokens are the answer
         for r in rows:
             r.n_loss = len(r.suffix) - 2
-    full, r_full = _step(model, tok, name, rows, mb=len(rows), okw=okw)
-    split, r_split = _step(model, tok, name, rows, mb=1 if name == "intro" else 3, okw=okw)  # intro keeps 3 rows
+    full, r_full = _step(model, tok, name, rows, mb=len(rows), settings=settings)
+    split, r_split = _step(model, tok, name, rows, mb=1 if name == "intro" else 3, settings=settings)  # intro keeps 3 rows
     assert r_full.nonfinite_streak == 0 and r_full.grad_norm > 0
     assert r_split.loss == pytest.approx(r_full.loss, rel=1e-5, abs=1e-7)
     for a, b in zip(full, split):
@@ -121,7 +121,7 @@ def test_train_step_loss_is_the_objectives_loss(policy):
 
     model, tok = policy
     rows = _rows(tok)
-    _, result = _step(model, tok, "grpo", rows, mb=2, okw={"beta": 0.04})
+    _, result = _step(model, tok, "grpo", rows, mb=2, settings={"beta": 0.04})
     setup = _setup(model, tok, "grpo", beta=0.04)
     inputs = forward_passes(setup, rows)
     loss, stats = setup.objective.compute(inputs, setup.config)
@@ -153,17 +153,17 @@ def test_intro_teacher_base_reads_the_hint_with_the_adapter_off(policy):
     rows = [r for r in _rows(tok) if r.reward > 0]
     params = trainable_parameters(model)
     saved = [p.detach().clone() for p in params]
-    okw = {"n_candidates": 5, "logits_chunk_size": 0}
+    settings = {"n_candidates": 5, "logits_chunk_size": 0}
     try:
         with torch.no_grad():
             for p in params:
                 p.zero_()  # the adapter adds nothing: the policy is the base
-        start = forward_passes(_setup(model, tok, "intro", **okw), rows).posterior_logits
+        start = forward_passes(_setup(model, tok, "intro", **settings), rows).posterior_logits
         with torch.no_grad():
             for p in params:
                 p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-        moved = forward_passes(_setup(model, tok, "intro", **okw), rows)
-        frozen = forward_passes(_setup(model, tok, "intro", teacher="base", **okw), rows)
+        moved = forward_passes(_setup(model, tok, "intro", **settings), rows)
+        frozen = forward_passes(_setup(model, tok, "intro", teacher="base", **settings), rows)
     finally:
         with torch.no_grad():
             for p, s in zip(params, saved):

@@ -38,7 +38,7 @@ def validate(cfg: Config) -> None:
         _require(not getattr(cfg.log, tracker) or importlib.util.find_spec(tracker) is not None, f"log.{tracker}",
                  f"= true but {tracker} is not installed (pip install {tracker})")
     check_bounds(cfg)  # every numeric key's declared range, and finiteness
-    r, lo = cfg.rollout, cfg.lora
+    r, lora = cfg.rollout, cfg.lora
     # max_model_len = 0 is the model's own context: train checks the fit when it has read the model's config
     _require(r.max_model_len == 0 or r.max_model_len > cfg.data.max_prompt_tokens, "rollout.max_model_len",
              f"must exceed data.max_prompt_tokens ({cfg.data.max_prompt_tokens}), got {r.max_model_len}")
@@ -50,9 +50,9 @@ def validate(cfg: Config) -> None:
 
         on_gpu = cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available())
         _require(on_gpu, "rollout.quantization", f"= {r.quantization!r} needs a CUDA GPU (vLLM's CPU backend can't run it)")
-    _require(len(lo.target_modules) > 0, "lora.target_modules", "must name at least one module")
+    _require(len(lora.target_modules) > 0, "lora.target_modules", "must name at least one module")
     try:
-        check_lora_compat(lo.rank, lo.target_modules)
+        check_lora_compat(lora.rank, lora.target_modules)
     except ValueError as e:
         raise ConfigError(f"'lora': {e}") from None
     for key in ("prompt_template", "hint_template"):

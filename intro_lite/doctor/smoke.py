@@ -127,7 +127,7 @@ def hot_swap_rollout(rows, cfg: Config, model_path: str, engine, adapter: Path):
 def trainer_logprobs(model, samples, pad_id: int):
     import torch
 
-    from intro_lite.suffix import suffix_logits
+    from intro_lite.forward import suffix_logits
 
     model.eval()
     out = []

@@ -78,7 +78,7 @@ class ObjectiveInputs:
     rewards: Tensor | None = None  # [B] graded reward (1 correct / 0 wrong)
     group_ids: Tensor | None = None  # [B] long, rows with equal ids are rollouts of one prompt
     # π_old(tokens[b, t]) for several updates per rollout batch. The loop does one update per batch
-    # and leaves it None: π_old = sg(π_θ), ratio 1 in value, gradient kept (METHODS.md).
+    # and leaves it None: π_old = sg(π_θ), ratio 1 in value, gradient kept (docs/objectives.md).
     sampled_logprobs: Tensor | None = None  # [B, T]
     answer_mask: Tensor | None = None  # [B, T] 1 on the gold-answer tokens y (answer_suffix)
     max_completion_length: int | None = None  # rollout max_new_tokens, for `dr_grpo` aggregation

@@ -16,7 +16,7 @@ GPG_STAT_KEYS = ("alpha", "zero_var_frac", "adv_abs_mean", "entropy", "n_tokens"
 @torch.no_grad()
 def gpg_alpha(rewards: Tensor, group_ids: Tensor) -> float:
     """α = B/(B − M) over the whole batch, B the number of prompt groups and M the number of
-    zero-variance groups (METHODS.md; with equal group sizes this equals the sequence-count form
+    zero-variance groups (docs/objectives.md; with equal group sizes this equals the sequence-count form
     #rows/#rows-in-varying-groups). α = 1 when every group is flat (then every Â is 0 anyway)."""
     _, uslot, _ = group_slots(group_ids[:1], group_ids)
     _, _, _, flat = group_reward_stats(rewards, group_ids)

@@ -92,7 +92,7 @@ def intro_loss(
     ``n_candidates="all"`` is the n → ∞ limit of that expectation: the own-token term
     vanishes as 1/n and position t contributes the zero-variance full-vocabulary sum
     ``Σ_v sg(min(q(v), C·p(v))) · log p(v)`` (= Σ_v sg(p·w)·log p), i.e. forward-KL
-    distillation onto the clipped answer-conditioned distribution (METHODS.md,
+    distillation onto the clipped answer-conditioned distribution (docs/objectives.md,
     "What it estimates"). It costs one more [N, V] product, no sampling, and ignores
     ``generator``. Its weight stats are the n → ∞ values too: expectations under p.
 

@@ -21,7 +21,7 @@ from intro_lite.grading import Grader
 from intro_lite.io import write_atomic
 from intro_lite.objectives.intro import DEFAULT_CHUNK_SIZE
 from intro_lite.policy import check_adapter_matches_base, load_policy
-from intro_lite.suffix import lm_head_weight, suffix_hidden
+from intro_lite.forward import lm_head_weight, suffix_hidden
 from intro_lite.probe.stats import (ANSWER_MARKERS, CLASSES, Thresholds, last_number_before_answer,
                                     masked_means, position_stats, posterior_check, relative_deciles, same_number,
                                     token_classes, verdict)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from intro_lite.objectives import Needs, Objective, ObjectiveInputs, PassContext, Row
-from intro_lite.suffix import lm_head_weight, suffix_hidden, suffix_logits
+from intro_lite.forward import lm_head_weight, suffix_hidden, suffix_logits
 
 
 @dataclass

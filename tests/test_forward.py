@@ -1,8 +1,8 @@
-"""intro_lite/suffix.py: length-bucketed and prefix-shared passes give the same hidden states, logits and gradients as one row at a time."""
+"""intro_lite/forward.py: length-bucketed and prefix-shared passes give the same hidden states, logits and gradients as one row at a time."""
 
 import torch
 
-from intro_lite.suffix import length_buckets, lm_head_weight, suffix_hidden, suffix_logits
+from intro_lite.forward import length_buckets, lm_head_weight, suffix_hidden, suffix_logits
 
 
 def test_length_buckets_cut_padding():
@@ -94,37 +94,37 @@ def _hidden_and_grads(model, fn):
 
 
 def test_rows_sharing_a_prefix_run_it_once_with_the_same_states_and_gradients(monkeypatch):
-    import intro_lite.suffix as suffix
+    import intro_lite.forward as forward
 
     model = _two_layer_policy(monkeypatch)
     prefixes, suffixes = _rows()
     calls = []
-    shared_pass = suffix._shared_prefix_hidden
-    monkeypatch.setattr(suffix, "_shared_prefix_hidden", lambda *a: calls.append(a[1]) or shared_pass(*a))
+    shared_pass = forward._shared_prefix_hidden
+    monkeypatch.setattr(forward, "_shared_prefix_hidden", lambda *a: calls.append(a[1]) or shared_pass(*a))
     h_shared, g_shared = _hidden_and_grads(model, lambda: (lambda h, t, m: (h, m))(*suffix_hidden(model, prefixes, suffixes, 0)))
     assert [len(u) for u in calls[0]] == [3, 40, 5]  # three distinct prefixes, each run once
     mask = suffix_hidden(model, prefixes, suffixes, 0)[2]
-    h_plain, g_plain = _hidden_and_grads(model, lambda: (suffix._bucketed_hidden(model.get_base_model(), prefixes, suffixes, 0), mask))
+    h_plain, g_plain = _hidden_and_grads(model, lambda: (forward._bucketed_hidden(model.get_base_model(), prefixes, suffixes, 0), mask))
     torch.testing.assert_close(h_shared * mask.unsqueeze(-1), h_plain * mask.unsqueeze(-1), rtol=1e-10, atol=1e-10)
     assert g_shared.keys() == g_plain.keys() and len(g_shared) == 12  # 3 modules x (A, B) x 2 layers
     for k in g_plain:
         torch.testing.assert_close(g_shared[k], g_plain[k], rtol=1e-9, atol=1e-12)
     # The unshared path itself against one row at a time (no padding anywhere).
     for b, (p, s) in enumerate(zip(prefixes, suffixes)):
-        one = suffix._bucketed_hidden(model.get_base_model(), [p], [s], 0)[0].detach()
+        one = forward._bucketed_hidden(model.get_base_model(), [p], [s], 0)[0].detach()
         torch.testing.assert_close(h_shared[b, : len(s)], one, rtol=1e-10, atol=1e-10)
 
 
 def test_checkpointed_training_pass_does_not_share_but_its_no_grad_passes_do(monkeypatch):
     """transformers drops the KV cache inside checkpointed layers while training: a grad pass must not
     share (it would silently attend to nothing); without grad the checkpointing is lifted for the pass."""
-    import intro_lite.suffix as suffix
+    import intro_lite.forward as forward
 
     model = _two_layer_policy(monkeypatch, gradient_checkpointing=True)
     prefixes, suffixes = _rows()
     calls = []
-    shared_pass = suffix._shared_prefix_hidden
-    monkeypatch.setattr(suffix, "_shared_prefix_hidden", lambda *a: calls.append(1) or shared_pass(*a))
+    shared_pass = forward._shared_prefix_hidden
+    monkeypatch.setattr(forward, "_shared_prefix_hidden", lambda *a: calls.append(1) or shared_pass(*a))
     h_grad, _, mask = suffix_hidden(model, prefixes, suffixes, 0)
     assert calls == [] and h_grad.requires_grad
     with torch.no_grad():
