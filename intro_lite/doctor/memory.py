@@ -90,6 +90,8 @@ def estimate_memory(cfg: Config, model_config: dict, gpu_total_bytes: int | None
     lora = L * r * sum(sizes.get(m, 0) for m in cfg.lora.target_modules)
     terms.append(("LoRA weights + grads + AdamW", lora * 16, f"{count(lora)} params x 16 bytes "
                                                               f"(fp32 weight, gradient, exp_avg, exp_avg_sq)"))
+    if needs.teacher_decay is not None or needs.teacher_refresh:  # InTRO's ema/lagged teacher: its own adapter copy
+        terms.append(("teacher's LoRA copy", lora * 4, f"{count(lora)} params x 4 bytes (fp32)"))
     return terms
 
 

@@ -36,6 +36,10 @@ class Needs:
     posterior: bool = False  # x ⊕ y ⊕ z (answer-conditioned), no gradient
     # The answer-conditioned pass with the adapter disabled: a frozen teacher (the start model), not the policy.
     frozen_posterior: bool = False
+    # The answer-conditioned pass with a lagging copy of the adapter (train/teacher.py), kept by the loop:
+    # an exponential moving average with this decay, or a snapshot refreshed every this many steps.
+    teacher_decay: float | None = None
+    teacher_refresh: int = 0
     # x ⊕ z with the adapter disabled, no gradient: ``reference_logprobs`` (the k3 KL to the start model)
     reference: bool = False
     kept_only: bool = False  # only rationales whose answer was graded correct

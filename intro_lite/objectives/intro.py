@@ -25,9 +25,12 @@ class IntroConfig:
     clip_max: float = bounded(200.0, gt=0)
     # > 0: loss from hidden states, logits made this many positions at a time; 0 = full logits
     logits_chunk_size: int = bounded(DEFAULT_CHUNK_SIZE, ge=0)
-    # Who reads the hint: "policy" (the paper: the trained model, so the teacher moves with every update)
-    # or "base" (the adapter disabled: the start model, frozen) — a control for the teacher's own drift.
-    teacher: Literal["policy", "base"] = "policy"
+    # Who reads the hint: "policy" (the paper: the trained model, so the teacher moves with every update),
+    # "base" (the adapter disabled: the start model, frozen), "ema" (an exponential moving average of the
+    # adapter, teacher_decay) or "lagged" (a snapshot of the adapter, refreshed every teacher_refresh steps).
+    teacher: Literal["policy", "base", "ema", "lagged"] = "policy"
+    teacher_decay: float = bounded(0.99, ge=0, le=1)  # "ema": t <- decay * t + (1 - decay) * policy, each step
+    teacher_refresh: int = bounded(10, ge=1)  # "lagged": t <- policy every this many steps
 
 
 def draw_uniforms(n_tokens: int, n_candidates: int, generator: torch.Generator | None, *, device, dtype,
@@ -367,7 +370,9 @@ class InTRO(Objective):
 
     def needs_for(self, cfg: IntroConfig) -> Needs:
         # With a chunk size the loop hands over last hidden states + the LM head weight instead of logits.
-        return dataclasses.replace(self.needs, hidden_states=cfg.logits_chunk_size > 0, frozen_posterior=cfg.teacher == "base")
+        return dataclasses.replace(self.needs, hidden_states=cfg.logits_chunk_size > 0, frozen_posterior=cfg.teacher == "base",
+                                   teacher_decay=cfg.teacher_decay if cfg.teacher == "ema" else None,
+                                   teacher_refresh=cfg.teacher_refresh if cfg.teacher == "lagged" else 0)
 
     def compute(self, inputs: ObjectiveInputs, cfg: IntroConfig | None = None, *,
                 generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:

@@ -18,7 +18,8 @@ from intro_lite.policy import save_adapter
 from intro_lite.train import dist, faults
 
 
-def save_checkpoint(cfg: Config, model, optimizer, scheduler, sampler, step: int, version: int) -> Path | None:
+def save_checkpoint(cfg: Config, model, optimizer, scheduler, sampler, step: int, version: int,
+                    teacher=None) -> Path | None:
     """`checkpoints/step-N/`: adapter + trainer state, valid only once its COMPLETE marker exists.
     Every rank calls it (each rank's RNG states are gathered); rank 0 alone writes (returns None elsewhere)."""
     rngs = dist.all_gather_objects(_rng_state())  # ranks hold the same adapter, optimizer and sampler, not RNGs
@@ -41,6 +42,8 @@ def save_checkpoint(cfg: Config, model, optimizer, scheduler, sampler, step: int
         # One entry per rank. Plain ints and tensors only, so the state loads with torch.load(weights_only=True).
         "rng": rngs,
     }
+    if teacher is not None:  # InTRO's lagged teacher (train/teacher.py): its own adapter weights
+        state["teacher"] = teacher.state_dict()
     torch.save(state, tmp / "trainer_state.pt")
     fsync_file(tmp / "trainer_state.pt")  # (save_adapter fsyncs the adapter's files)
     faults.kill_at("checkpoint", step)
@@ -89,7 +92,8 @@ def clear_run_logs(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def restore_checkpoint(ckpt: Path, model, optimizer, scheduler, sampler, warn=lambda msg: None) -> tuple[int, int]:
+def restore_checkpoint(ckpt: Path, model, optimizer, scheduler, sampler, warn=lambda msg: None,
+                       teacher=None) -> tuple[int, int]:
     """Adapter weights, optimizer, scheduler, data cursor and RNGs; metrics after the checkpoint are dropped."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -100,6 +104,10 @@ def restore_checkpoint(ckpt: Path, model, optimizer, scheduler, sampler, warn=la
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     sampler.load_state_dict(state["sampler"])
+    if teacher is not None:
+        if "teacher" not in state:
+            raise ConfigError(f"--resume: {ckpt} has no teacher weights (it was written without a lagged teacher)")
+        teacher.load_state_dict(state["teacher"])
     rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # a dict: one process, older format
     rng = rngs[dist.rank()]
     random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))

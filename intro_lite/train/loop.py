@@ -32,6 +32,7 @@ from intro_lite.train.rollouts import gather_ranks, microbatch_seed, roll_out
 from intro_lite.train.rundir import Notes, prepare_run_dir
 from intro_lite.train.runlog import RunLog
 from intro_lite.train.step import train_step
+from intro_lite.train.teacher import make_teacher
 
 
 def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: RolloutEngine | None = None,
@@ -52,14 +53,15 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
     model, tokenizer = load_replicas(cfg, model_path)  # every rank starts from rank 0's fresh adapter
     problems, x_ids, xy_ids = tokenize_problems(cfg, tokenizer, data)
     optimizer, scheduler = make_optimizer(cfg, model)
+    teacher = make_teacher(needs, trainable_parameters(model))  # InTRO's ema/lagged teacher, else None
     sampler = PromptSampler(len(problems), cfg.seed)  # the same on every rank: each takes its slice of a batch
     engine = engine or make_engine(cfg, model_path)
-    start, version = restore_checkpoint(ckpt, model, optimizer, scheduler, sampler, notes) if ckpt else (0, 0)
+    start, version = restore_checkpoint(ckpt, model, optimizer, scheduler, sampler, notes, teacher) if ckpt else (0, 0)
     version = push_adapter(model, engine, run_dir, version=version)
     before = run_eval(cfg, engine, grader, tokenizer, "before", 0) if start == 0 else previous_eval(cfg, "before")
     rollout_tokens = previous_rollout_tokens(cfg, start)  # the token budget counts across a resume
     setup = PassSetup(model, objective, cfg.objective_config(), needs, tokenizer.pad_token_id, tokenizer, problems,
-                      cfg.rollout.max_new_tokens)
+                      cfg.rollout.max_new_tokens, teacher)
     G, streak, last = cfg.rollout.group_size, 0, start
     bar = make_progress(progress and dist.is_main())
     task = bar.add_task("train", total=cfg.train.steps, completed=start, info="")
@@ -96,13 +98,13 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
             if cfg.eval.every and step % cfg.eval.every == 0 and not final_step:  # before the checkpoint: a resume keeps it
                 run_eval(cfg, engine, grader, tokenizer, f"step-{step}", step)
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and not final_step:
-                save_checkpoint(cfg, model, optimizer, scheduler, sampler, step, version)
+                save_checkpoint(cfg, model, optimizer, scheduler, sampler, step, version, teacher)
             faults.kill_at("after_step", step)
             bar.update(task, advance=1, info=progress_info(record))
             if out_of_budget:
                 break
 
-    save_checkpoint(cfg, model, optimizer, scheduler, sampler, last, version)
+    save_checkpoint(cfg, model, optimizer, scheduler, sampler, last, version, teacher)
     if dist.is_main():
         save_adapter(model, run_dir / "final")
     after = run_eval(cfg, engine, grader, tokenizer, "after", last)

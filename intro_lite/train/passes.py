@@ -9,6 +9,7 @@ import torch
 
 from intro_lite.objectives import Needs, Objective, ObjectiveInputs, PassContext, Row
 from intro_lite.forward import lm_head_weight, suffix_hidden, suffix_logits
+from intro_lite.train.teacher import LaggedTeacher
 
 
 @dataclass
@@ -23,13 +24,17 @@ class PassSetup:
     tokenizer: object
     problems: list  # every training problem (.answer), for the objectives' own passes
     max_completion_length: int  # rollout.max_new_tokens
+    teacher: LaggedTeacher | None = None  # the answer-conditioned pass's own adapter weights (train/teacher.py)
 
 
 def forward_passes(setup: PassSetup, chunk: list[Row]) -> ObjectiveInputs:
     """Policy x ⊕ suffix (with gradient), then without gradient the answer-conditioned x ⊕ y ⊕ suffix,
     the reference (adapter off) and the objective's own ``extra_passes`` (IAPO's probe, RePro's scores)."""
     model, needs, pad = setup.model, setup.needs, setup.pad_id
-    x, suffixes = [r.x for r in chunk], [r.suffix for r in chunk]
+    x, xy, suffixes = [r.x for r in chunk], [r.xy for r in chunk], [r.suffix for r in chunk]
+    # A lagged teacher's weights are swapped into the parameters, so its pass runs first, before the
+    # policy pass saves those parameters for backward.
+    posterior = posterior_pass(setup, xy, suffixes) if setup.teacher is not None else None
     # needs.hidden_states: last hidden states + the LM head weight; the objective makes the logits in chunks.
     policy_hidden = policy_logits = None
     if needs.hidden_states:
@@ -48,13 +53,13 @@ def forward_passes(setup: PassSetup, chunk: list[Row]) -> ObjectiveInputs:
         inputs.policy_hidden, inputs.lm_head_weight = policy_hidden, lm_head_weight(model)
     if needs.answer_suffix:
         inputs.answer_mask = full_mask - mask
+    if posterior is None:
+        posterior = posterior_pass(setup, xy, suffixes)
+    if needs.hidden_states:
+        inputs.posterior_hidden = posterior
+    else:
+        inputs.posterior_logits = posterior
     with torch.no_grad():
-        xy = [r.xy for r in chunk]
-        with model.disable_adapter() if needs.frozen_posterior else contextlib.nullcontext():  # intro.teacher
-            if needs.posterior and needs.hidden_states:
-                inputs.posterior_hidden = suffix_hidden(model, xy, suffixes, pad)[0]
-            elif needs.posterior:
-                inputs.posterior_logits = suffix_logits(model, xy, suffixes, pad)[0]
         if needs.reference:
             with model.disable_adapter():
                 ref, _, _ = suffix_logits(model, x, suffixes, pad)
@@ -63,3 +68,21 @@ def forward_passes(setup: PassSetup, chunk: list[Row]) -> ObjectiveInputs:
         ctx = PassContext(setup.tokenizer, setup.problems, lambda p, s: suffix_logits(model, p, s, pad))
         inputs.extra = setup.objective.extra_passes(inputs, chunk, ctx, setup.config)
     return inputs
+
+
+@torch.no_grad()
+def posterior_pass(setup: PassSetup, xy: list[list[int]], suffixes: list[list[int]]):
+    """The answer-conditioned pass x ⊕ y ⊕ suffix (hidden states or logits), by the teacher the objective
+    asked for: the policy, the base (adapter disabled) or a lagged copy of the adapter. None if not needed."""
+    model, needs = setup.model, setup.needs
+    if not needs.posterior:
+        return None
+    if needs.frozen_posterior:
+        teacher = model.disable_adapter()
+    elif setup.teacher is not None:
+        teacher = setup.teacher.swapped_in()
+    else:
+        teacher = contextlib.nullcontext()
+    with teacher:
+        pass_fn = suffix_hidden if needs.hidden_states else suffix_logits
+        return pass_fn(model, xy, suffixes, setup.pad_id)[0]

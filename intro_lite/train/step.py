@@ -68,6 +68,8 @@ def train_step(setup: PassSetup, optimizer, rows: list[Row], *, micro_batch_size
             optimizer.step()  # parameters without a gradient (nothing kept) are left untouched
     finally:  # an aborted step leaves no gradient behind either
         optimizer.zero_grad(set_to_none=True)
+    if setup.teacher is not None:  # a lagged teacher follows the policy after each step (train/teacher.py)
+        setup.teacher.update(step)
     return StepResult(loss_total, grad_norm, stats, streak)
 
 

@@ -1,0 +1,119 @@
+"""InTRO's teacher options (intro.teacher = policy | base | ema | lagged; train/teacher.py): the limits of
+the lagging teachers are the paper's and the frozen one exactly, over several steps of train_step."""
+
+import pytest
+import torch
+
+from test_train_step import _rows, tiny_test_cfg
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_assets, tmp_path_factory):
+    from intro_lite.policy import load_policy
+
+    return load_policy(tiny_test_cfg(tmp_path_factory.mktemp("teacher")), str(tiny_assets.model_dir))
+
+
+def _trajectory(policy, **settings):
+    """Adapter weights and losses after each of STEPS InTRO steps (AdamW, lr 0.05) from the zero-B start, with
+    the teacher `settings` ask for; the model is put back as it was."""
+    from intro_lite.objectives import get_objective
+    from intro_lite.policy import trainable_parameters
+    from intro_lite.train.passes import PassSetup
+    from intro_lite.train.step import train_step
+    from intro_lite.train.teacher import make_teacher
+
+    model, tok = policy
+    params = trainable_parameters(model)
+    saved = [p.detach().clone() for p in params]
+    objective = get_objective("intro")
+    cfg = objective.config(n_candidates=5, logits_chunk_size=4, **settings)
+    needs = objective.needs_for(cfg)
+    rows = [r for r in _rows(tok) if r.reward > 0]
+    try:
+        with torch.no_grad():
+            for p in params:
+                if "lora_B" in p.name_for_test:
+                    p.zero_()  # peft's start: B = 0, so the adapter adds exactly nothing
+        teacher = make_teacher(needs, params)
+        setup = PassSetup(model, objective, cfg, needs, tok.pad_token_id, tok, [], 16, teacher)
+        opt = torch.optim.AdamW(params, lr=0.05)
+        out = []
+        for step in range(1, STEPS + 1):
+            result = train_step(setup, opt, rows, micro_batch_size=2, max_grad_norm=1e9, generator_seed=step, step=step)
+            out.append((result.loss, [p.detach().clone() for p in params]))
+        return out, teacher
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _names(policy):
+    from intro_lite.policy import trainable_parameters
+
+    model, _ = policy
+    names = {id(p): n for n, p in model.named_parameters()}
+    for p in trainable_parameters(model):
+        p.name_for_test = names[id(p)]
+
+
+def _assert_same(a, b):
+    for (loss_a, w_a), (loss_b, w_b) in zip(a, b):
+        assert loss_a == loss_b
+        assert all(torch.equal(x, y) for x, y in zip(w_a, w_b))
+
+
+def test_limits_of_the_lagging_teachers_are_exact(policy):
+    paper, _ = _trajectory(policy, teacher="policy")
+    frozen, _ = _trajectory(policy, teacher="base")
+    _assert_same(_trajectory(policy, teacher="ema", teacher_decay=0.0)[0], paper)  # t <- θ after every step
+    _assert_same(_trajectory(policy, teacher="lagged", teacher_refresh=1)[0], paper)
+    _assert_same(_trajectory(policy, teacher="ema", teacher_decay=1.0)[0], frozen)  # t stays the zero-B start
+    # Power: the two limits differ, and a teacher between them is neither.
+    assert not torch.equal(paper[-1][1][0], frozen[-1][1][0]) or paper[-1][0] != frozen[-1][0]
+    middle, teacher = _trajectory(policy, teacher="ema", teacher_decay=0.5)
+    assert middle[-1][0] not in (paper[-1][0], frozen[-1][0])
+    # After the last step the EMA holds 0.5·t + 0.5·θ: halfway between its previous value and the policy.
+    assert teacher is not None and len(teacher.weights) == len(middle[-1][1])
+
+
+def test_lagged_teacher_refreshes_on_schedule(policy):
+    out, teacher = _trajectory(policy, teacher="lagged", teacher_refresh=3)
+    # Refreshed after step 3 to the weights after step 3; steps 1-2 kept the start's.
+    assert all(torch.equal(t, w) for t, w in zip(teacher.weights, out[2][1]))
+    assert not all(torch.equal(t, w) for t, w in zip(teacher.weights, out[3][1]))
+
+
+def test_teacher_state_round_trips_and_rejects_a_mismatch():
+    from intro_lite.train.teacher import LaggedTeacher
+
+    params = [torch.randn(3, 2), torch.randn(4)]
+    a = LaggedTeacher(params, decay=0.9)
+    a.update(1)
+    b = LaggedTeacher([p * 0 for p in params], decay=0.9)
+    b.load_state_dict(a.state_dict())
+    assert all(torch.equal(x, y) for x, y in zip(a.weights, b.weights))
+    with pytest.raises(ValueError, match="do not match"):
+        b.load_state_dict([torch.zeros(3, 2)])
+    with pytest.raises(ValueError, match="either"):
+        LaggedTeacher(params)
+
+
+def test_doctor_counts_the_teachers_copy():
+    import dataclasses
+
+    from intro_lite.config import load_config
+    from intro_lite.doctor.architectures import ARCHITECTURES
+    from intro_lite.doctor.memory import estimate_memory
+
+    cfg = load_config("recipes/tiny.toml")
+    arch = ARCHITECTURES["Qwen/Qwen2.5-1.5B"]
+    plain = dict((n, b) for n, b, _ in estimate_memory(cfg, arch))
+    ema = dataclasses.replace(cfg, intro=dataclasses.replace(cfg.intro, teacher="ema"))
+    terms = dict((n, b) for n, b, _ in estimate_memory(ema, arch))
+    assert "teacher's LoRA copy" not in plain
+    assert terms["teacher's LoRA copy"] * 4 == terms["LoRA weights + grads + AdamW"]  # 4 of AdamW's 16 bytes
