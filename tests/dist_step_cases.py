@@ -17,6 +17,9 @@ PROMPTS, G = 4, 3
 # wrong, so with 2 ranks rank 1 keeps no row and still has to join every collective.
 CASES = [
     ("intro", "intro", {"n_candidates": 5, "clip_max": 200.0, "logits_chunk_size": 4}, lambda p, k: (k + p) % 2),
+    # A lagged (EMA) teacher whose weights differ from the policy's: its pass and its update after the step.
+    ("intro-ema", "intro", {"n_candidates": 5, "logits_chunk_size": 4, "teacher": "ema", "teacher_decay": 0.5},
+     lambda p, k: (k + p) % 2),
     ("intro-idle", "intro", {"n_candidates": 5, "clip_max": 200.0, "logits_chunk_size": 0}, lambda p, k: p < 2 and k != 1),
     ("grpo", "grpo", {"beta": 0.04}, lambda p, k: (k + p) % 2),
     ("raft++", "raft++", {}, lambda p, k: (k * p) % 2),
@@ -66,6 +69,7 @@ def run(model_dir: str) -> dict:
     from intro_lite.objectives import get_objective
     from intro_lite.policy import load_policy, trainable_parameters
     from intro_lite.train.passes import PassSetup
+    from intro_lite.train.teacher import make_teacher
     from intro_lite.train import dist
     from intro_lite.train.step import train_step
 
@@ -84,17 +88,20 @@ def run(model_dir: str) -> dict:
         ocfg = objective.config(**settings) if objective.config else None
         needs = objective.needs_for(ocfg)
         rows = [r for r in step_rows(tok, reward, needs.kept_only, needs.answer_suffix) if lo <= r.group < hi]
-        setup = PassSetup(model, objective, ocfg, needs, tok.pad_token_id, tok, problems, 16)
         runs = []
         for mb in (4, 1):
             with torch.no_grad():
                 for p, s in zip(params, start):
                     p.copy_(s)
+            teacher = make_teacher(needs, params)
+            if teacher is not None:
+                teacher.load_state_dict([0.5 * s for s in start])
+            setup = PassSetup(model, objective, ocfg, needs, tok.pad_token_id, tok, problems, 16, teacher)
             # SGD with lr 1: the step moves each parameter by minus its (global) gradient.
             opt = torch.optim.SGD(params, lr=1.0)
             runs.append(train_step(setup, opt, rows, micro_batch_size=mb, max_grad_norm=1e9, generator_seed=11))
-            if mb == 4:
-                after = [p.detach().clone() for p in params]
+            if mb == 4:  # the adapter, and a lagged teacher's weights after its update
+                after = [p.detach().clone() for p in params] + (teacher.state_dict() if teacher is not None else [])
         out[case] = (runs[0].loss, runs[0].grad_norm, runs[0].stats, after, len(rows), runs[1].stats)
     return out
 

@@ -28,15 +28,19 @@ def metrics(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tiny_demo_assets, tmp_path):
-    full = run_cli(tmp_path, "full")
+# The recipe's frozen teacher, and an EMA teacher whose own weights must come back from the checkpoint
+# (were it rebuilt from the restored policy instead, steps 3-4 would read another teacher).
+@pytest.mark.parametrize("teacher", [(), ("--set", 'intro.teacher="ema"', "--set", "intro.teacher_decay=0.5")],
+                         ids=["recipe", "ema"])
+def test_sigkill_then_resume_matches_uninterrupted_run(tiny_demo_assets, tmp_path, teacher):
+    full = run_cli(tmp_path, "full", *teacher)
     assert full.returncode == 0, full.stderr[-2000:]
     # Killed after step 3 was logged: the step-2 checkpoint is the last complete one.
-    killed = run_cli(tmp_path, "cut", fault_after=3)
+    killed = run_cli(tmp_path, "cut", *teacher, fault_after=3)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert len(metrics(tmp_path / "cut" / "metrics.jsonl")) == 3
     assert not (tmp_path / "cut" / "final").exists()
-    resumed = run_cli(tmp_path, "cut", resume=True)
+    resumed = run_cli(tmp_path, "cut", *teacher, resume=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = metrics(tmp_path / "full" / "metrics.jsonl"), metrics(tmp_path / "cut" / "metrics.jsonl")
     assert [r["step"] for r in b] == [1, 2, 3, 4]
@@ -44,7 +48,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_demo_assets, tmp_pat
         for key in COMPARED:
             want = ra[key] if ra[key] is None else pytest.approx(ra[key], rel=1e-6, abs=1e-9)
             assert rb[key] == want, (ra["step"], key, ra[key], rb[key])
-    assert (tmp_path / "cut" / "final" / "adapter_model.safetensors").exists()
+    final = [(tmp_path / name / "final" / "adapter_model.safetensors").read_bytes() for name in ("full", "cut")]
+    assert final[0] == final[1]  # bit-exact
 
 
 def test_resume_refuses_a_different_config(tiny_demo_assets, tmp_path):
