@@ -44,6 +44,10 @@ FIGURES = [
     ("grad_norm.png", "Gradient norm (before clipping)", "‖g‖", [("grad_norm", "")], False),
     ("w_stats.png", "InTRO correction factor w", "w", [("w_mean", " mean"), ("w_std", " std"),
                                                         ("w_clipped_frac", " clipped frac")], False),
+    # InTRO's teacher monitor (train/monitor.py): does the teacher still read the hint, how far has it moved?
+    ("teacher_drift.png", "InTRO teacher drift", "value", [("teacher_hinted_accuracy", " hinted acc"),
+                                                           ("teacher_kl_to_start", " KL to start"),
+                                                           ("teacher_hint_leak", " hint leak")], False),
 ]
 
 

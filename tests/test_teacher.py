@@ -117,3 +117,45 @@ def test_doctor_counts_the_teachers_copy():
     terms = dict((n, b) for n, b, _ in estimate_memory(ema, arch))
     assert "teacher's LoRA copy" not in plain
     assert terms["teacher's LoRA copy"] * 4 == terms["LoRA weights + grads + AdamW"]  # 4 of AdamW's 16 bytes
+
+
+def _train(tmp_path, name, *extra):
+    import json
+
+    from intro_lite.config import load_config
+    from intro_lite.train import train
+
+    cfg = load_config("recipes/tiny.toml", [f'output_dir="{tmp_path}"', f'name="{name}"', "train.steps=3",
+                                            "train.prompts_per_step=4", "rollout.max_new_tokens=64", 'eval.source=""',
+                                            "train.checkpoint_every=0", "model.quantization=none", 'intro.teacher="policy"',
+                                            "intro.monitor_prompts=8", *extra])
+    run = train(cfg, progress=False)
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_teacher_monitor_logs_drift_and_changes_nothing_else(tiny_demo_assets, tmp_path):
+    from intro_lite.train.monitor import KEYS
+
+    watched = _train(tmp_path, "watched", "intro.monitor_every=2")
+    plain = _train(tmp_path, "plain", "intro.monitor_every=0")
+    for a, b in zip(watched, plain):  # no random number drawn, no weight touched: the same training figures
+        for key in ("rollout_accuracy", "loss", "grad_norm", "w_mean", "mean_length"):
+            assert a[key] == b[key], (a["step"], key)
+        assert not set(KEYS) & set(b)
+    assert [r["teacher_hinted_accuracy"] is not None for r in watched] == [True, False, True]  # before steps 1 and 3
+    first, third = watched[0], watched[2]
+    assert first["teacher_kl_to_start"] == 0.0  # the fresh adapter (B = 0) is the start model exactly
+    assert first["teacher_hint_leak"] == first["teacher_hint_leak_start"]
+    assert third["teacher_kl_to_start"] > 0.0 and 0.0 <= third["teacher_hinted_accuracy"] <= 1.0
+    assert 0.0 < first["teacher_hint_leak"] < 1.0
+
+
+def test_teacher_drift_alarm():
+    from intro_lite.config import load_config
+    from intro_lite.train.alarms import Alarms
+
+    alarms = Alarms(load_config("recipes/tiny.toml").alarms, samples_per_step=64)
+    steps = [(1.0, 0.0), (0.9, 0.4), (0.6, 0.8), (0.45, 0.9), (0.9, 1.5)]  # (hinted accuracy, KL to the start)
+    fired = [bool([n for n, _ in alarms.check({"step": i + 1, "teacher_hinted_accuracy": h, "teacher_kl_to_start": kl})
+                   if n == "teacher_drift"]) for i, (h, kl) in enumerate(steps)]
+    assert fired == [False, False, False, True, True]  # below half the start; then the KL above 1 nat/token

@@ -122,6 +122,10 @@ class AlarmsConfig:
     entropy_min: float = bounded(0.01, ge=0)  # policy entropy (nats/token) below this = collapse (the tiny task runs at 0.03-0.12)
     accuracy_window: int = bounded(5, ge=1)  # steps in the rolling mean of rollout accuracy
     accuracy_drop: float = bounded(0.5, ge=0.0, le=1.0)  # rolling mean below this share of its best so far = getting worse
+    # InTRO's teacher monitor (intro.monitor_every): its hinted accuracy below this share of its start, or its
+    # per-token KL to the start model above teacher_kl nats = the teacher is running away
+    teacher_drift: float = bounded(0.5, ge=0.0, le=1.0)
+    teacher_kl: float = bounded(1.0, gt=0.0)
 
 
 @dataclass

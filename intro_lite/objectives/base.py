@@ -40,6 +40,9 @@ class Needs:
     # an exponential moving average with this decay, or a snapshot refreshed every this many steps.
     teacher_decay: float | None = None
     teacher_refresh: int = 0
+    # Every this many steps the loop measures the answer-conditioned teacher's drift (train/monitor.py); 0 = never.
+    teacher_monitor_every: int = 0
+    teacher_monitor_prompts: int = 32
     # x ⊕ z with the adapter disabled, no gradient: ``reference_logprobs`` (the k3 KL to the start model)
     reference: bool = False
     kept_only: bool = False  # only rationales whose answer was graded correct

@@ -25,12 +25,14 @@ class IntroConfig:
     clip_max: float = bounded(200.0, gt=0)
     # > 0: loss from hidden states, logits made this many positions at a time; 0 = full logits
     logits_chunk_size: int = bounded(DEFAULT_CHUNK_SIZE, ge=0)
-    # Who reads the hint: "policy" (the paper: the trained model, so the teacher moves with every update),
-    # "base" (the adapter disabled: the start model, frozen), "ema" (an exponential moving average of the
-    # adapter, teacher_decay) or "lagged" (a snapshot of the adapter, refreshed every teacher_refresh steps).
+    # Who reads the hint: "policy" (the paper), "base" (the adapter disabled: the frozen start model), "ema"
+    # or "lagged" (a moving average / a snapshot of the adapter: train/teacher.py).
     teacher: Literal["policy", "base", "ema", "lagged"] = "policy"
     teacher_decay: float = bounded(0.99, ge=0, le=1)  # "ema": t <- decay * t + (1 - decay) * policy, each step
     teacher_refresh: int = bounded(10, ge=1)  # "lagged": t <- policy every this many steps
+    # Every this many steps (0 = never), the teacher's drift on monitor_prompts fixed prompts: train/monitor.py.
+    monitor_every: int = bounded(10, ge=0)
+    monitor_prompts: int = bounded(32, ge=1)
 
 
 def draw_uniforms(n_tokens: int, n_candidates: int, generator: torch.Generator | None, *, device, dtype,
@@ -372,7 +374,8 @@ class InTRO(Objective):
         # With a chunk size the loop hands over last hidden states + the LM head weight instead of logits.
         return dataclasses.replace(self.needs, hidden_states=cfg.logits_chunk_size > 0, frozen_posterior=cfg.teacher == "base",
                                    teacher_decay=cfg.teacher_decay if cfg.teacher == "ema" else None,
-                                   teacher_refresh=cfg.teacher_refresh if cfg.teacher == "lagged" else 0)
+                                   teacher_refresh=cfg.teacher_refresh if cfg.teacher == "lagged" else 0,
+                                   teacher_monitor_every=cfg.monitor_every, teacher_monitor_prompts=cfg.monitor_prompts)
 
     def compute(self, inputs: ObjectiveInputs, cfg: IntroConfig | None = None, *,
                 generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:

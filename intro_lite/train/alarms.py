@@ -18,6 +18,8 @@ FIXES = {
     "entropy_collapse": "the policy became deterministic: lower train.lr or raise rollout.temperature",
     # Seen on the tiny choice task: one InTRO seed of five went from 30% to 2% held-out in 13 steps, its
     # answer-conditioned teacher (the same adapter) collapsing with it; nothing else fired.
+    "teacher_drift": "InTRO's answer-conditioned teacher is running away with the policy: use a teacher that lags "
+                     "(intro.teacher = \"ema\" or \"base\", docs/objectives.md) or lower train.lr",
     "accuracy_drop": "training is making the policy worse: lower train.lr; for InTRO check the teacher of a recent "
                      "checkpoint with `intro-lite probe RECIPE --adapter RUN/checkpoints/step-N/adapter`",
 }
@@ -29,6 +31,7 @@ class Alarms:
         self.no_correct_streak, self.last_version = 0, None
         self.accuracies: deque[float] = deque(maxlen=cfg.accuracy_window)  # the rolling window
         self.best_window: float | None = None
+        self.hinted_start: float | None = None  # the teacher monitor's first hinted accuracy
         self.counts: dict[str, int] = {}
 
     def check(self, r: dict) -> list[tuple[str, str]]:
@@ -63,6 +66,12 @@ class Alarms:
         self.last_version = version
         if (h := r.get("entropy")) is not None and r.get("n_tokens", 1) and h < c.entropy_min:
             alarm("entropy_collapse", f"policy entropy {h:.3f} nats/token")
+        if (hinted := r.get("teacher_hinted_accuracy")) is not None:
+            self.hinted_start = hinted if self.hinted_start is None else self.hinted_start
+            kl = r.get("teacher_kl_to_start") or 0.0
+            if hinted < c.teacher_drift * self.hinted_start or kl > c.teacher_kl:
+                alarm("teacher_drift", f"the teacher's hinted accuracy is {hinted:.2f} (start {self.hinted_start:.2f}), "
+                                       f"its KL to the start model {kl:.2f} nats/token")
         if (acc := r.get("rollout_accuracy")) is not None:
             self.accuracies.append(acc)
             if len(self.accuracies) == c.accuracy_window:

@@ -26,6 +26,7 @@ from intro_lite.train.checkpoint import (check_world_size, clear_run_logs, lates
                                          restore_checkpoint, save_checkpoint)
 from intro_lite.train.evals import previous_eval, run_eval
 from intro_lite.train.metrics import Timer, make_progress, progress_info, step_record
+from intro_lite.train.monitor import make_monitor
 from intro_lite.train.passes import PassSetup
 from intro_lite.train.preflight import check_context_length, check_golds, context_length
 from intro_lite.train.rollouts import gather_ranks, microbatch_seed, roll_out
@@ -62,6 +63,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
     rollout_tokens = previous_rollout_tokens(cfg, start)  # the token budget counts across a resume
     setup = PassSetup(model, objective, cfg.objective_config(), needs, tokenizer.pad_token_id, tokenizer, problems,
                       cfg.rollout.max_new_tokens, teacher)
+    monitor = make_monitor(setup, problems, xy_ids, grader, seed=cfg.seed, max_new_tokens=cfg.rollout.max_new_tokens)
     G, streak, last = cfg.rollout.group_size, 0, start
     bar = make_progress(progress and dist.is_main())
     task = bar.add_task("train", total=cfg.train.steps, completed=start, info="")
@@ -71,6 +73,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
             timer = Timer()
             # 1. a batch of prompts, the same on every rank; this rank's contiguous slice starts at `first`
             first, idx = rank_slice(sampler.next(cfg.train.prompts_per_step))
+            drift = monitor.record(step) if monitor else {}  # InTRO: the teacher before this step's update
             # 2-3. G rationales each with the current adapter, graded (none when it trains on gold solutions)
             rolled = None if needs.gold_solution else roll_out(cfg, engine, grader, problems, x_ids, idx, step, timer, first)
             # 4. the objective's rows: correct rollouts only, all, gold solutions, cut rationales ⊕ y
@@ -90,7 +93,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
             rolled, rows, tokens = gather_ranks(rolled, rows, tokens)
             rollout_tokens += sum(len(s.token_ids) for s in rolled.samples) if rolled else 0
             record = step_record(step, scheduler.get_last_lr()[0], rolled, result, rows, timer, version=version,
-                                 rollout_tokens=rollout_tokens)
+                                 rollout_tokens=rollout_tokens) | drift
             runlog.write(record, rolled, rows, tokens)
             last = step
             out_of_budget = 0 < cfg.train.max_rollout_tokens <= rollout_tokens
