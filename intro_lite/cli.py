@@ -104,9 +104,9 @@ def _print_summary(run_dir: Path) -> None:
 
     from rich.table import Table
 
-    from intro_lite.io import read_jsonl
+    from intro_lite.io import read_jsonl_log
 
-    steps = read_jsonl(run_dir / "metrics.jsonl")
+    steps = read_jsonl_log(run_dir / "metrics.jsonl")[0]
     table = Table(title=f"run {run_dir}")
     for col in ("", "accuracy", "mean length"):
         table.add_column(col)
@@ -231,6 +231,9 @@ def eval_(
         settings.k = ev.resolve_k(settings.benchmarks, samples, overrides, settings.fields)
         targets = resolve_targets(paths, model, list(adapter), warn=_warn)
         out = out or Path("runs/eval") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        from intro_lite.io import check_output_dir
+
+        check_output_dir(out)
         results = ev.run(settings, targets, out, console=console)
     except ConfigError as e:
         _fail(str(e))
@@ -323,6 +326,9 @@ def probe(
         from intro_lite.probe.run import ProbeSettings, run_probe
 
         out = out or Path("runs/probe") / cfg.name
+        from intro_lite.io import check_output_dir
+
+        check_output_dir(out)  # before the 20 s of work, not after
         res = run_probe(cfg, out=out, adapter=str(adapter) if adapter else None, thresholds=thresholds,
                         settings=ProbeSettings(limit=limit, prefixes=prefixes, candidates=candidates, rollouts=rollouts),
                         say=lambda m: console.print(m, highlight=False))
@@ -344,6 +350,9 @@ def plot(
     if out is None and len(runs) > 1:
         _fail("several runs: name the directory for their plots with --out")
     try:
+        from intro_lite.io import check_output_dir
+
+        check_output_dir(out or runs[0] / "plots")
         written = plot_runs(runs, out or runs[0] / "plots")
     except ConfigError as e:
         _fail(str(e))
@@ -359,16 +368,21 @@ def show(
     out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default RUN_DIR/samples-step-N.html)."),
 ) -> None:
     """A self-contained HTML page of one step's samples, each rationale token coloured by InTRO's w."""
-    from intro_lite.io import write_atomic
+    from intro_lite.io import check_output_file, write_atomic
     from intro_lite.show import render
 
     try:
+        if out is not None:
+            check_output_file(out)
         page, step = render(run, step)
+        out = out or run / f"samples-step-{step}.html"
+        write_atomic(out, page)
     except ConfigError as e:
         _fail(str(e))
         return
-    out = out or run / f"samples-step-{step}.html"
-    write_atomic(out, page)
+    except OSError as e:
+        _fail(f"{out}: cannot write ({e.strerror or type(e).__name__})")
+        return
     Console().print(f"page: {out}", highlight=False, soft_wrap=True)
 
 

@@ -8,14 +8,46 @@ from pathlib import Path
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary sibling, fsync, rename: readers see the old file or the new one, never a part."""
+    """Write to a temporary sibling, fsync, rename: readers see the old file or the new one, never a part
+    (and a failed write leaves no temporary file behind)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def check_output_file(path: Path, option: str = "--out") -> None:
+    """A one-line ConfigError, before any work, if `path` cannot be written as a file."""
+    from intro_lite.errors import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a directory; name a file")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{option} {path}: the directory {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{option} {path}: not writable")
+
+
+def check_output_dir(path: Path, option: str = "--out") -> None:
+    """A one-line ConfigError, before any work, if `path` cannot be (created and) written as a directory."""
+    from intro_lite.errors import ConfigError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path}: is a file; name a directory")
+    nearest = next(p for p in (path, *path.parents) if p.exists())
+    if not nearest.is_dir():
+        raise ConfigError(f"{option} {path}: {nearest} is a file, not a directory")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: {nearest} is not writable")
 
 
 def append_jsonl(path: Path, record: dict) -> None:

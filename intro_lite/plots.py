@@ -4,7 +4,6 @@ run, in the sweep report's style (io.save_figure writes each atomically). Also d
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -15,9 +14,10 @@ PHASES = ("rollout", "grading", "forward", "backward", "sync")
 
 
 def read_records(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """A run's log, a torn last line (a kill mid-write) dropped; a bad line before it is a one-line error."""
+    from intro_lite.io import read_jsonl_log
+
+    return read_jsonl_log(path)[0]
 
 
 def smooth(ys: list[float], window: int) -> list[float]:

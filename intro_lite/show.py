@@ -6,11 +6,11 @@ paper's Fig. 1 for real rollouts. No server, no scripts, no external assets."""
 from __future__ import annotations
 
 import html
-import json
 import math
 from pathlib import Path
 
 from intro_lite.errors import ConfigError
+from intro_lite.io import read_jsonl_log
 
 STYLE = """body{font:14px/1.5 system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
 .sample{border:1px solid #ddd;border-radius:6px;padding:.8em 1em;margin:1em 0}
@@ -33,7 +33,9 @@ def load_step(run_dir: Path, step: int | None) -> tuple[int, list[dict]]:
     path = Path(run_dir) / "samples.jsonl"
     if not path.exists():
         raise ConfigError(f"{path}: not found (log.samples_every = 0, or the run wrote no sample step yet)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_jsonl_log(path)[0]  # a torn last line (a kill mid-write) is dropped
+    if not rows:
+        raise ConfigError(f"{path}: no sample step written yet")
     steps = sorted({r["step"] for r in rows})
     if step is None:
         step = steps[-1]

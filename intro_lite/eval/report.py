@@ -20,12 +20,17 @@ def load_results(paths: list[Path]) -> dict:
             data = json.loads(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(f"{path}: file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a directory; --compare takes results.json files") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not JSON ({e})") from None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("results"), list):
             raise ConfigError(f"{path}: not an intro-lite results.json (schema {SCHEMA})")
         merged["configs"].append((str(path), data.get("config", {})))
-        for rec in data["results"]:
+        for i, rec in enumerate(data["results"]):
+            missing = [k for k in ("label", "benchmark") if not isinstance(rec, dict) or k not in rec]
+            if missing:
+                raise ConfigError(f"{path}: results[{i}] has no {' or '.join(missing)}")
             rec = dict(rec)
             if (rec["label"], rec["benchmark"]) in taken:
                 rec["label"] = f"{rec['label']} ({Path(path).parent.name or path})"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from intro_lite.eval.run import versions
-from intro_lite.io import save_figure, write_atomic
+from intro_lite.io import read_jsonl_log, save_figure, write_atomic
 from intro_lite.sweep.spec import Sweep, cell_config, cells
 
 
@@ -37,9 +37,9 @@ def collect(sweep: Sweep) -> tuple[CellResult | None, list[CellResult]]:
         status = "done" if (run_dir / "DONE").exists() else "failed" if (run_dir / "FAILED").exists() else "pending"
         r = CellResult(name, method, values, status)
         if (run_dir / "eval.jsonl").exists():
-            r.evals = [json.loads(x) for x in (run_dir / "eval.jsonl").read_text().splitlines() if x.strip()]
+            r.evals = read_jsonl_log(run_dir / "eval.jsonl")[0]  # a torn last line (a kill mid-write) is dropped
         if (run_dir / "metrics.jsonl").exists():
-            r.metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            r.metrics = read_jsonl_log(run_dir / "metrics.jsonl")[0]
         if status == "done":
             r.seconds = json.loads((run_dir / "DONE").read_text()).get("seconds")
         if status == "failed":
