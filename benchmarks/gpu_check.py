@@ -243,7 +243,8 @@ def main(argv=None) -> int:
         ap.error(f"--scale must be in (0, 1], got {args.scale}")
     if args.steps < 2:
         ap.error("--steps must be >= 2 (one warm-up, at least one measured)")
-    sys.stdout.reconfigure(line_buffering=True)
+    if hasattr(sys.stdout, "reconfigure"):  # a line at a time through a pipe too (a remote run's log)
+        sys.stdout.reconfigure(line_buffering=True)
 
     import torch
 
