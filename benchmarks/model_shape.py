@@ -32,7 +32,6 @@ at start and end: timings on a shared machine are indicative only.
 from __future__ import annotations
 
 import argparse
-import copy
 import ctypes
 import gc
 import json
@@ -146,19 +145,28 @@ def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def trainer_step(model, opt, meter: Meter, cfg, rows: int, prompt: int, rationale: int, vocab: int, seed: int):
-    """One micro-batch through the trainer's phases: [(phase, seconds, start bytes, peak bytes)], loss, LoRA bytes."""
+def make_batch(rows: int, prompt: int, rationale: int, vocab: int, seed: int):
+    """Random prompts x, answer-conditioned prompts x ⊕ hint and rationales z of the recipe's lengths."""
     import torch
-
-    from intro_lite.objectives.intro import DEFAULT_CHUNK_SIZE, intro_loss_from_hidden
-    from intro_lite.policy import trainable_parameters
-    from intro_lite.forward import lm_head_weight, suffix_hidden
 
     g = torch.Generator().manual_seed(seed)
     ids = lambda n: torch.randint(3, vocab, (n,), generator=g).tolist()  # noqa: E731 (0-2: pad/eos/unk)
     x = [ids(prompt) for _ in range(rows)]
     xy = [p + ids(HINT_TOKENS) for p in x]
     z = [ids(rationale) for _ in range(rows)]
+    return x, xy, z
+
+
+def trainer_step(model, opt, meter: Meter, cfg, batch, seed: int, progress=None):
+    """One micro-batch through the trainer's phases: [(phase, seconds, start bytes, peak bytes)], loss, LoRA bytes.
+    ``progress(phase dict)``, if given, is called as each phase ends."""
+    import torch
+
+    from intro_lite.objectives.intro import DEFAULT_CHUNK_SIZE, intro_loss_from_hidden
+    from intro_lite.policy import trainable_parameters
+    from intro_lite.forward import lm_head_weight, suffix_hidden
+
+    x, xy, z = batch
     params = trainable_parameters(model)
     intro = cfg.intro
     phases, out = [], {}
@@ -171,6 +179,8 @@ def trainer_step(model, opt, meter: Meter, cfg, rows: int, prompt: int, rational
         result = fn()
         meter.sync()
         phases.append(dict(phase=name, seconds=time.perf_counter() - t0, start_bytes=start, peak_bytes=meter.peak()))
+        if progress:
+            progress(phases[-1])
         return result
 
     model.train()
@@ -197,6 +207,122 @@ def trainer_step(model, opt, meter: Meter, cfg, rows: int, prompt: int, rational
     return phases, loss.item(), stats, out["lora_bytes"]
 
 
+def shape_config(shape: str, recipe: str | None, sets: list[str], quantization: str):
+    """The recipe's config for `shape` with `sets` applied, the trainer base to use (the recipe's NF4 falls
+    back to none, said on stdout, when bitsandbytes does not import), dtype and device resolved."""
+    from intro_lite.config import load_config
+    from intro_lite.policy import resolve_device, resolve_dtype
+
+    cfg = load_config(recipe or REPO / "recipes" / SHAPES[shape][1], sets)
+    quant = cfg.model.quantization if quantization == "recipe" else quantization
+    if quant == "nf4":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            if quantization == "nf4":
+                raise SystemExit("model_shape: --quantization nf4 needs bitsandbytes (pip install bitsandbytes)") \
+                    from None
+            print("bitsandbytes does not import: the trainer base is not quantised (--quantization none)")
+            quant = "none"
+    cfg.model.quantization, cfg.lora.init_adapter = quant, ""
+    device = resolve_device(cfg.model.device)
+    cfg.model.device = device.type
+    cfg.model.dtype = str(resolve_dtype(cfg.model.dtype, device)).removeprefix("torch.")  # the estimate reads "auto" as 16-bit
+    return cfg, device
+
+
+def run_steps(cfg, arch: dict, model_dir, meter: Meter, *, warmup: int, steps: int, seed: int, progress=None) -> dict:
+    """Load the saved model at `model_dir` through ``load_policy`` and run `warmup` + `steps` trainer steps.
+
+    Returns the model and optimizer (for more work on them), the per-step phases (``warmup_steps`` and
+    ``measured_steps``), the reported ``phases`` (seconds: mean over the measured steps; memory: the
+    measured step with the highest peak), the memory terms measured, and the load's bytes and seconds."""
+    import torch
+
+    from intro_lite.policy import load_policy, trainable_parameters
+
+    rows, prompt, rationale = cfg.train.micro_batch_size, cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens
+    gc.collect()
+    before = meter.now()
+    t0 = time.perf_counter()
+    model, _ = load_policy(cfg, str(model_dir))
+    load_seconds = time.perf_counter() - t0
+    gc.collect()
+    weights = meter.now() - before
+    params = trainable_parameters(model)
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=(cfg.train.adam_beta1, cfg.train.adam_beta2))
+    done = []
+    for i in range(warmup + steps):  # first calls pay kernel and page set-up: reported apart
+        batch = make_batch(rows, prompt, rationale, arch["vocab_size"], seed + i)
+        phases, loss, stats, lora_bytes = trainer_step(
+            model, opt, meter, cfg, batch, seed + i, None if progress is None else lambda p, i=i: progress(i, p))
+        done.append(dict(phases=phases, loss=loss, stats=stats, lora_bytes=lora_bytes, seed=seed + i))
+    measured = done[warmup:]
+    by_step = [measured_terms(s["phases"], weights, s["lora_bytes"]) for s in measured]
+    worst = max(range(len(measured)), key=lambda k: max(p["peak_bytes"] for p in measured[k]["phases"]))
+    phases = [dict(p, seconds=sum(s["phases"][j]["seconds"] for s in measured) / len(measured))
+              for j, p in enumerate(measured[worst]["phases"])]
+    return dict(model=model, opt=opt, before=before, weights=weights, load_seconds=load_seconds,
+                lora_parameters=sum(p.numel() for p in params), warmup_steps=done[:warmup], measured_steps=measured,
+                phases=phases, measured={k: max(m[k] for m in by_step) for k in by_step[0]},
+                loss=measured[-1]["loss"], stats=measured[-1]["stats"], last_batch_seed=measured[-1]["seed"])
+
+
+def measured_terms(phases: list[dict], weights: int, lora_bytes: int) -> dict:
+    """The memory terms one step measured, named as ``estimate_memory`` names them."""
+    by = {p["phase"].split(" (")[0]: p for p in phases}
+    step_start = by["policy pass"]["start_bytes"]
+    return {
+        "trainer base weights": weights,
+        "activations": max(by["policy pass"]["peak_bytes"], by["backward"]["peak_bytes"]) - step_start,
+        "logits": by["InTRO loss"]["peak_bytes"] - by["InTRO loss"]["start_bytes"],
+        "LoRA weights + grads + AdamW": lora_bytes,
+    }
+
+
+def memory_terms(cfg, arch: dict, run: dict) -> tuple[list[dict], dict]:
+    """Each ``estimate_memory`` term with the run's measurement and measured/estimate, and the trainer's total."""
+    from intro_lite.doctor.memory import estimate_memory, gpu_total_bytes
+
+    terms = []
+    for name, est, how in estimate_memory(cfg, arch, gpu_total_bytes()):
+        m = run["measured"].get(name)
+        terms.append(dict(term=name, estimate_bytes=est, measured_bytes=m, how=how,
+                          ratio=None if m is None else m / est))
+    trainer_est = sum(t["estimate_bytes"] for t in terms if t["measured_bytes"] is not None)
+    trainer_peak = max(p["peak_bytes"] for s in run["measured_steps"] for p in s["phases"]) - run["before"]
+    return terms, dict(estimate_bytes=trainer_est, measured_bytes=trainer_peak, ratio=trainer_peak / trainer_est)
+
+
+def shape_result(args, cfg, arch: dict, arch_name: str, run: dict, meter: Meter, n_params: int, t_build: float) -> dict:
+    """The JSON-able record of one shape's run (what ``report`` prints)."""
+    import torch
+
+    terms, total = memory_terms(cfg, arch, run)
+    rows, prompt, rationale = cfg.train.micro_batch_size, cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens
+    return dict(
+        shape=args.shape, architecture=arch_name, scale=args.scale, model_config=arch, parameters=n_params,
+        lora_parameters=run["lora_parameters"], device=cfg.model.device, dtype=cfg.model.dtype,
+        quantization=cfg.model.quantization, gradient_checkpointing=cfg.model.gradient_checkpointing,
+        memory_measure="torch.cuda.max_memory_allocated" if meter.cuda else "VmHWM (clear_refs 5 per phase)",
+        micro_batch=dict(rows=rows, prompt_tokens=prompt, posterior_prompt_tokens=prompt + HINT_TOKENS,
+                         rationale_tokens=rationale, chunk_size=cfg.intro.logits_chunk_size,
+                         n_candidates=cfg.intro.n_candidates),
+        warmup_steps=len(run["warmup_steps"]), steps=len(run["measured_steps"]),
+        warmup_phases=[s["phases"] for s in run["warmup_steps"]],
+        step_phases=[s["phases"] for s in run["measured_steps"]],
+        build_seconds=t_build, load_seconds=run["load_seconds"], phases=run["phases"],
+        step_seconds=sum(p["seconds"] for p in run["phases"]),
+        loss=run["loss"], w_mean=run["stats"]["w_mean"], terms=terms, trainer_total=total, torch=torch.__version__,
+    )
+
+
+def write_json(path, result: dict) -> None:
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)  # never a half-written output file
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-1.5b")
@@ -205,97 +331,38 @@ def main(argv=None) -> dict:
     ap.add_argument("--quantization", choices=["recipe", "nf4", "none"], default="recipe",
                     help="trainer base; 'recipe' = the recipe's, none if bitsandbytes does not import")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, as intro-lite's")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed steps before the reported one")
+    ap.add_argument("--warmup", type=int, default=1, help="steps before the reported ones")
+    ap.add_argument("--steps", type=int, default=1, help="reported steps (seconds: their mean)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     if not 0 < args.scale <= 1:
         ap.error(f"--scale must be in (0, 1], got {args.scale}")
+    if args.warmup < 0 or args.steps < 1:
+        ap.error("--warmup must be >= 0 and --steps >= 1")
     load_start = load_avg()
     print(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} "
           f"({os.cpu_count()} CPUs; timings on a shared machine are indicative only)")
 
     import torch
 
-    from intro_lite.config import load_config
     from intro_lite.doctor.architectures import ARCHITECTURES
-    from intro_lite.doctor.memory import count, estimate_memory, gpu_total_bytes
-    from intro_lite.policy import load_policy, resolve_device, resolve_dtype, trainable_parameters
+    from intro_lite.doctor.memory import count
 
-    arch_name, recipe = SHAPES[args.shape]
-    cfg = load_config(args.recipe or REPO / "recipes" / recipe, args.set)
-    quant = cfg.model.quantization if args.quantization == "recipe" else args.quantization
-    if quant == "nf4":
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            if args.quantization == "nf4":
-                raise SystemExit("model_shape: --quantization nf4 needs bitsandbytes (pip install bitsandbytes)") \
-                    from None
-            print("bitsandbytes does not import: the trainer base is not quantised (--quantization none)")
-            quant = "none"
-    cfg.model.quantization, cfg.lora.init_adapter = quant, ""
-    device = resolve_device(cfg.model.device)
-    dtype = resolve_dtype(cfg.model.dtype, device)
-    cfg.model.dtype = str(dtype).removeprefix("torch.")  # the estimate reads "auto" as 16-bit
+    arch_name = SHAPES[args.shape][0]
+    cfg, device = shape_config(args.shape, args.recipe, args.set, args.quantization)
     arch = scaled(ARCHITECTURES[arch_name], args.scale)
     meter = Meter(device)
-    rows, prompt, rationale = cfg.train.micro_batch_size, cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens
-
     with tempfile.TemporaryDirectory(prefix="model-shape-") as tmp:
         t0 = time.perf_counter()
-        n_params = write_model(arch, dtype, Path(tmp))
+        n_params = write_model(arch, getattr(torch, cfg.model.dtype), Path(tmp))
         t_build = time.perf_counter() - t0
-        gc.collect()
-        before = meter.now()
-        t0 = time.perf_counter()
-        model, _ = load_policy(cfg, tmp)
-        t_load = time.perf_counter() - t0
-        gc.collect()
-        weights = meter.now() - before
-        lora_params = sum(p.numel() for p in trainable_parameters(model))
-        opt = torch.optim.AdamW(trainable_parameters(model), lr=cfg.train.lr,
-                                betas=(cfg.train.adam_beta1, cfg.train.adam_beta2))
-        for i in range(args.warmup + 1):  # the last step is reported: first calls pay kernel and page set-up
-            phases, loss, stats, lora_bytes = trainer_step(model, opt, meter, cfg, rows, prompt, rationale,
-                                                           arch["vocab_size"], args.seed + i)
-    load_end = load_avg()
-
-    by = {p["phase"].split(" (")[0]: p for p in phases}
-    step_start = by["policy pass"]["start_bytes"]
-    above = lambda p: p["peak_bytes"] - p["start_bytes"]  # noqa: E731
-    measured = {
-        "trainer base weights": weights,
-        "activations": max(by["policy pass"]["peak_bytes"], by["backward"]["peak_bytes"]) - step_start,
-        "logits": above(by["InTRO loss"]),
-        "LoRA weights + grads + AdamW": lora_bytes,
-    }
-    terms = []
-    for name, est, how in estimate_memory(cfg, arch, gpu_total_bytes()):
-        m = measured.get(name)
-        terms.append(dict(term=name, estimate_bytes=est, measured_bytes=m, how=how,
-                          ratio=None if m is None else m / est))
-    trainer_est = sum(t["estimate_bytes"] for t in terms if t["measured_bytes"] is not None)
-    trainer_peak = max(p["peak_bytes"] for p in phases) - before
-    result = dict(
-        shape=args.shape, architecture=arch_name, scale=args.scale, model_config=arch, parameters=n_params,
-        lora_parameters=lora_params, device=str(device), dtype=cfg.model.dtype, quantization=quant,
-        gradient_checkpointing=cfg.model.gradient_checkpointing,
-        memory_measure="torch.cuda.max_memory_allocated" if meter.cuda else "VmHWM (clear_refs 5 per phase)",
-        micro_batch=dict(rows=rows, prompt_tokens=prompt, posterior_prompt_tokens=prompt + HINT_TOKENS,
-                         rationale_tokens=rationale, chunk_size=cfg.intro.logits_chunk_size,
-                         n_candidates=cfg.intro.n_candidates),
-        warmup_steps=args.warmup, build_seconds=t_build, load_seconds=t_load, phases=phases,
-        step_seconds=sum(p["seconds"] for p in phases),
-        loss=loss, w_mean=stats["w_mean"], terms=terms,
-        trainer_total=dict(estimate_bytes=trainer_est, measured_bytes=trainer_peak, ratio=trainer_peak / trainer_est),
-        load_avg_start=load_start, load_avg_end=load_end, torch=torch.__version__,
-    )
+        run = run_steps(cfg, arch, tmp, meter, warmup=args.warmup, steps=args.steps, seed=args.seed)
+    result = shape_result(args, cfg, arch, arch_name, run, meter, n_params, t_build)
+    result.update(load_avg_start=load_start, load_avg_end=load_avg())
     report(result, count)
     if args.json:
-        tmp_json = Path(args.json).with_name(Path(args.json).name + ".tmp")
-        tmp_json.write_text(json.dumps(result, indent=1))
-        os.replace(tmp_json, args.json)  # never a half-written output file
+        write_json(args.json, result)
     return result
 
 
@@ -311,6 +378,8 @@ def report(r: dict, count) -> None:
           f"tokens, posterior prompt {mb['posterior_prompt_tokens']}, loss chunk {mb['chunk_size']}, "
           f"n = {mb['n_candidates']}; "
           f"model written in {r['build_seconds']:.1f}s, loaded in {r['load_seconds']:.1f}s")
+    print(f"{r['warmup_steps']} warm-up step(s), then {r['steps']} reported: seconds are their mean, memory the "
+          f"reported step with the highest peak")
     print(f"{'phase':<36}{'seconds':>9}{'start GiB':>11}{'peak GiB':>10}{'+GiB':>8}")
     for p in r["phases"]:
         print(f"{p['phase']:<36}{p['seconds']:>9.2f}{p['start_bytes'] / GiB:>11.3f}{p['peak_bytes'] / GiB:>10.3f}"
