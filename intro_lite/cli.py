@@ -28,7 +28,8 @@ def _default(section: type, table: str, key: str, note: str = "") -> str:
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[red]error:[/red] {msg}", soft_wrap=True, highlight=False, markup=True)
+    # The message is escaped: rich would read "[eval]" or "[budget]" in it as markup and drop them.
+    console.print(f"[red]error:[/red] {escape(msg)}", soft_wrap=True, highlight=False, markup=True)
     raise typer.Exit(code=2)
 
 
@@ -122,11 +123,15 @@ def _print_summary(run_dir: Path) -> None:
         s = json.loads(summary.read_text())
         for when in ("before", "after"):
             e = s[when]
+            if not e["n_problems"]:  # e.g. every gold answer of the eval source unparseable: no score at all
+                table.add_row(f"held-out {when}", "no problem scored (are the eval source's gold answers parseable?)", "")
+                continue
             table.add_row(f"held-out {when} (n={e['n_problems'] * e.get('k', 1)})",
                           f"{e['accuracy']:.3f} ± {_binomial_se(e):.3f}", f"{e['mean_length']:.1f}")
-        diff = s["after"]["accuracy"] - s["before"]["accuracy"]
-        se = (_binomial_se(s["before"]) ** 2 + _binomial_se(s["after"]) ** 2) ** 0.5
-        table.add_row("held-out change", f"{diff:+.3f} ± {se:.3f}", "")
+        if s["before"]["n_problems"] and s["after"]["n_problems"]:
+            diff = s["after"]["accuracy"] - s["before"]["accuracy"]
+            se = (_binomial_se(s["before"]) ** 2 + _binomial_se(s["after"]) ** 2) ** 0.5
+            table.add_row("held-out change", f"{diff:+.3f} ± {se:.3f}", "")
     Console().print(table)
     alarms: dict[str, int] = {}
     for s in steps:
@@ -363,7 +368,7 @@ def plot(
 
 @app.command()
 def show(
-    run: Path = typer.Argument(..., help="Run directory with samples.jsonl ([log] samples_every)."),
+    run: Path = typer.Argument(..., help=escape("Run directory with samples.jsonl ([log] samples_every).")),
     step: Optional[int] = typer.Option(None, "--step", help="Training step (default: the last sampled step)."),
     out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default RUN_DIR/samples-step-N.html)."),
 ) -> None:
@@ -387,7 +392,7 @@ def show(
 
 
 def _warn(msg: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False, soft_wrap=True)
+    console.print(f"[yellow]warning:[/yellow] {escape(msg)}", highlight=False, soft_wrap=True)
 
 
 def _pair(text: str, option: str, cast):

@@ -28,7 +28,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # an editor's byte-order mark is not TOML's business
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except OSError as e:
@@ -80,8 +80,22 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] = (), def
         _check_keys(Config, layer, source, prefix="")
         merged = _merge(merged, layer)
     cfg = _build(Config, merged, "config", prefix="")
+    _expand_home(cfg)
     validate(cfg)
     return cfg
+
+
+def _expand_home(cfg) -> None:
+    """`~/...` in a path key means the home directory, as in a shell (not a directory named `~`)."""
+    def expand(value: str) -> str:
+        return str(Path(value).expanduser()) if value.startswith("~") else value
+
+    cfg.output_dir = expand(cfg.output_dir)
+    cfg.model.name_or_path = expand(cfg.model.name_or_path)
+    cfg.lora.init_adapter = expand(cfg.lora.init_adapter)
+    cfg.data.source = [expand(s) for s in cfg.data.source] if isinstance(cfg.data.source, list) else expand(cfg.data.source)
+    cfg.data.exclude_ids_from = expand(cfg.data.exclude_ids_from)
+    cfg.eval.source = expand(cfg.eval.source)
 
 
 def _user_objective(layers: list[tuple[str, dict]]) -> str:

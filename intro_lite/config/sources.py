@@ -25,6 +25,20 @@ TRAIN_SETS: dict[str, str] = {
 }
 
 
+# The embedded demo's presets (intro_lite/tiny/assets.py PRESETS; a test keeps the two equal), named here
+# so that a config naming one that does not exist fails when it loads, without importing the builder.
+TINY_PRESETS = ("default", "choice", "choice_blind", "test")
+
+
+def tiny_preset(name: str) -> str:
+    """`tiny` -> "default", `tiny-choice` -> "choice"; a one-line ConfigError for a preset that does not exist."""
+    preset = name[5:] or "default"
+    if preset not in TINY_PRESETS:
+        known = ", ".join("tiny" if p == "default" else f"tiny-{p}" for p in TINY_PRESETS)
+        raise ConfigError(f"{name!r}: no such tiny preset (known: {known})")
+    return preset
+
+
 def is_tiny(name: str) -> bool:
     """`tiny` or `tiny-<preset>`: the embedded demo's model / train split / test split."""
     return re.fullmatch(r"tiny(-[a-z0-9_]+)?", name) is not None and not Path(name).exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from intro_lite.bounds import check_bounds
-from intro_lite.config.sources import get_spec, is_tiny, looks_local, resolve_data_file
+from intro_lite.config.sources import get_spec, is_tiny, looks_local, resolve_data_file, tiny_preset
 from intro_lite.errors import ConfigError
 from intro_lite.rewards import check_reward
 from intro_lite.rollout.lora_rules import check_lora_compat
@@ -59,7 +59,15 @@ def validate(cfg: Config) -> None:
         tmpl = getattr(cfg.data, key)
         _require("{question}" in tmpl, f"data.{key}", "must contain {question}")
     _require("{answer}" in cfg.data.hint_template, "data.hint_template", "must contain {answer}")
-    for src in [cfg.data.source] if isinstance(cfg.data.source, str) else cfg.data.source:
+    sources = [cfg.data.source] if isinstance(cfg.data.source, str) else cfg.data.source
+    for key, name in [("model.name_or_path", cfg.model.name_or_path), ("eval.source", cfg.eval.source),
+                      *(("data.source", s) for s in sources)]:
+        if is_tiny(name):
+            try:
+                tiny_preset(name)
+            except ConfigError as e:
+                raise ConfigError(f"'{key}': {e}") from None
+    for src in sources:
         src = resolve_data_file(src)  # a packaged set (`math-l3-5`) as its file; a missing one fails here
         if not is_tiny(src) and looks_local(src):
             _require(Path(src).exists(), "data.source", f"file not found: {src}")

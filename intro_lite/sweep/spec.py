@@ -39,13 +39,15 @@ class Cell:
 
 
 def flatten(table: dict, prefix: str = "") -> dict[str, Any]:
-    """`{"train": {"lr": 1}}` and `{"train.lr": 1}` both give `{"train.lr": 1}`."""
+    """`{"train": {"lr": 1}}` and `{"train.lr": 1}` both give `{"train.lr": 1}`; both at once is an error
+    (one would win without a word)."""
     out: dict[str, Any] = {}
     for key, value in table.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
+        items = flatten(value, f"{prefix}{key}.").items() if isinstance(value, dict) else [(f"{prefix}{key}", value)]
+        for k, v in items:
+            if k in out:
+                raise ConfigError(f"'{k}' is written twice (as a dotted key and inside a table); keep one")
+            out[k] = v
     return out
 
 
@@ -66,10 +68,18 @@ def load_sweep(path: str | Path, *, sweep_dir: Path | None = None, relative_to: 
         raise ConfigError(f"{path}: missing key 'recipe' (the base recipe, relative to the sweep file)")
     recipe = ((relative_to or path.parent) / data["recipe"]).resolve()
     name, output_dir = str(data.get("name", path.stem)), Path(data.get("output_dir", "runs/sweeps"))
-    grid = flatten(data.get("grid", {}))
+    try:
+        grid, overrides = flatten(data.get("grid", {})), flatten(data.get("set", {}))
+        start = data.get("start")
+        start = None if start is None else {"objective": "sft", **flatten(start)}
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: grid.{key} must be a non-empty list")
+        repeated = [v for i, v in enumerate(values) if v in values[:i]]
+        if repeated:  # it would run once and count twice in the report's means
+            raise ConfigError(f"{path}: grid.{key} lists {repeated[0]!r} more than once")
     budget = data.get("budget", {})
     if len(budget) != 1 or next(iter(budget)) not in BUDGET_KEYS:
         raise ConfigError(f"{path}: [budget] needs exactly one of {', '.join(BUDGET_KEYS)}")
@@ -80,15 +90,14 @@ def load_sweep(path: str | Path, *, sweep_dir: Path | None = None, relative_to: 
     bad = sorted(set(evals) - EVAL_KEYS)
     if bad:
         raise ConfigError(f"{path}: unknown key 'eval.{bad[0]}' (known: {', '.join(sorted(EVAL_KEYS))})")
-    start = data.get("start")
     sweep = Sweep(
         file=path.resolve(),
         recipe=recipe,
         name=name,
         output_dir=output_dir,
-        overrides=flatten(data.get("set", {})),
+        overrides=overrides,
         grid=grid,
-        start=None if start is None else {"objective": "sft", **flatten(start)},
+        start=start,
         budget={BUDGET_KEYS[kind]: amount},
         eval={f"eval.{k}": v for k, v in evals.items()},
         dir=sweep_dir or output_dir / name,
