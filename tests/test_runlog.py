@@ -36,13 +36,25 @@ def test_each_alarm_fires_on_its_metric_and_not_on_a_healthy_step():
 
 
 def test_accuracy_drop_fires_on_a_falling_rolling_mean_not_on_one_bad_batch():
-    a = Alarms(AlarmsConfig(accuracy_window=3, accuracy_drop=0.5), samples_per_step=16)
+    a = Alarms(AlarmsConfig(accuracy_window=3, accuracy_drop=0.5), samples_per_step=64)
     fired = [[n for n, _ in a.check(record(i + 1, rollout_accuracy=acc))]
              for i, acc in enumerate([0.3, 0.3, 0.3, 0.0, 0.3, 0.3, 0.1, 0.1, 0.05, 0.05])]
     # one empty batch (step 4) moves the 3-step mean to 0.2, not below 0.5 x 0.3; the slide does from step 9 (0.083)
     assert [i + 1 for i, f in enumerate(fired) if "accuracy_drop" in f] == [9, 10]
     quiet = Alarms(AlarmsConfig(accuracy_drop=0.0), 16)  # 0 turns it off
     assert not any(quiet.check(record(i + 1, rollout_accuracy=acc)) for i, acc in enumerate([0.5] * 5 + [0.01] * 5))
+
+
+def test_accuracy_drop_ignores_a_drop_within_the_noise_of_its_counts():
+    # A user's model at 3-4% rollout accuracy, 64 rollouts a step, windows of 5: half of a best window of 4%
+    # is 1.5 standard errors of the difference, noise (it fired on GRPO, which did not degrade); a
+    # collapse from 30% to 2% is 9.7 SE.
+    def fired(accuracies):
+        a = Alarms(AlarmsConfig(accuracy_window=5, accuracy_drop=0.5), samples_per_step=64)
+        return [i + 1 for i, acc in enumerate(accuracies) if "accuracy_drop" in [n for n, _ in a.check(record(i + 1, rollout_accuracy=acc))]]
+
+    assert fired([0.04] * 5 + [0.02] * 5) == []
+    assert fired([0.3] * 5 + [0.02] * 5) == [8, 9, 10]  # the window mean falls below 0.15 at step 8
 
 
 def test_alarm_state_is_replayed_on_resume(tmp_path):

@@ -25,6 +25,9 @@ FIXES = {
 }
 
 
+NOISE_SE = 3.0  # accuracy_drop fires only on a drop beyond this many standard errors of the counts compared
+
+
 class Alarms:
     def __init__(self, cfg, samples_per_step: int):
         self.cfg, self.samples_per_step = cfg, samples_per_step
@@ -77,8 +80,16 @@ class Alarms:
             if len(self.accuracies) == c.accuracy_window:
                 now = sum(self.accuracies) / c.accuracy_window
                 best = self.best_window
-                if best and now < c.accuracy_drop * best:
+                if best and now < c.accuracy_drop * best and self._beyond_noise(best, now):
                     alarm("accuracy_drop", f"rollout accuracy over the last {c.accuracy_window} steps is {now:.2f}, "
                                            f"below {c.accuracy_drop:g} x its best {best:.2f}")
                 self.best_window = max(best or 0.0, now)
         return out
+
+    def _beyond_noise(self, best: float, now: float) -> bool:
+        """The drop exceeds NOISE_SE standard errors of the difference of two window means, each over
+        accuracy_window × samples_per_step rollouts (binomial, pooled rate): at 4% → 2% over 5 × 64
+        rollouts that is 1.5 SE (not fired), at 30% → 2% 9.7 SE (fired)."""
+        n = self.cfg.accuracy_window * max(self.samples_per_step, 1)
+        p = (best + now) / 2
+        return best - now > NOISE_SE * math.sqrt(max(p * (1 - p), 1e-12) * 2 / n)
