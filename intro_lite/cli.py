@@ -46,9 +46,14 @@ def train(
                               "`torchrun --nproc-per-node N -m intro_lite train ...` (docs/scale.md)."),
 ) -> None:
     """Train a LoRA adapter with the recipe's objective (InTRO by default)."""
-    from intro_lite.errors import TrainingAborted, first_line
+    import signal
+
+    from intro_lite.errors import Interrupted, TrainingAborted, first_line
     from intro_lite.quiet import hidden_stderr, keep_log
     from intro_lite.train import dist
+
+    def on_sigterm(signum, frame):  # stop like Ctrl-C: one line, the state resumable
+        raise Interrupted(signum)
 
     dist.pin_device()  # under torchrun: this rank's GPU only, before anything asks CUDA
     if not verbose:
@@ -63,12 +68,14 @@ def train(
                 *(["--name", name] if name is not None else []), *[f for f, on in flags.items() if on]])
         from intro_lite.train import train as run_train
 
-        log = None
+        log, log_name = None, "stderr.log" if rank == 0 else f"stderr-rank{rank}.log"
+        signal.signal(signal.SIGTERM, on_sigterm)
         try:
-            with hidden_stderr(not verbose, one_line_errors=(ConfigError, TrainingAborted)) as log:
+            with hidden_stderr(not verbose, one_line_errors=(ConfigError, TrainingAborted, KeyboardInterrupt, Interrupted),
+                               kept_as=cfg.run_dir / log_name) as log:
                 run_dir = run_train(cfg, progress=not no_progress, resume=resume)
         finally:
-            keep_log(log, cfg.run_dir, "stderr.log" if rank == 0 else f"stderr-rank{rank}.log")
+            keep_log(log, cfg.run_dir, log_name)
     except ConfigError as e:
         if rank != 0:  # every rank meets the same config and files: rank 0 says it once
             raise typer.Exit(code=2)
@@ -77,6 +84,10 @@ def train(
     except TrainingAborted as e:
         _fail(str(e))
         return
+    except (KeyboardInterrupt, Interrupted) as e:
+        if rank == 0:
+            console.print(f"[yellow]interrupted:[/yellow] {escape(_resume_point(cfg.run_dir))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=143 if isinstance(e, Interrupted) else 130)
     except typer.Exit:
         raise
     except Exception as e:
@@ -84,10 +95,20 @@ def train(
             raise
         # Under torchrun: the failing rank's one line (its traceback is in the hidden log, shown above
         # with --verbose or in RUN_DIR/stderr-rank<r>.log); torchrun then stops the other ranks.
-        _fail(escape(f"rank {rank}: {type(e).__name__}: {first_line(e)}"))
+        _fail(f"rank {rank}: {type(e).__name__}: {first_line(e)}")
         return
     if rank == 0:
         _print_summary(run_dir)
+
+
+def _resume_point(run_dir: Path) -> str:
+    """'interrupted at step N; `--resume` continues from step M' from the run's own files."""
+    from intro_lite.io import read_jsonl_log
+    from intro_lite.train.checkpoint import checkpoint_step
+
+    done = read_jsonl_log(run_dir / "metrics.jsonl")[0] if (run_dir / "metrics.jsonl").exists() else []
+    step = done[-1]["step"] if done else 0
+    return f"at step {step}; `intro-lite train ... --resume` continues from step {checkpoint_step(run_dir)}"
 
 
 def run_overrides(set_: list[str], output: Optional[Path], name: Optional[str]) -> list[str]:

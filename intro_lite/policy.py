@@ -209,8 +209,17 @@ def save_adapter(model, out_dir: Path) -> Path:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    _fsync_dir(tmp)
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        _fsync_dir(tmp)
+    except Exception as e:  # a full disk (OSError, or safetensors' own error): no temporary left, one line
+        shutil.rmtree(tmp, ignore_errors=True)
+        if "No space left" in str(e) or getattr(e, "errno", None) == 28:
+            from intro_lite.errors import TrainingAborted
+
+            raise TrainingAborted(f"{out_dir}: no space left on the device; free space there (the adapter needs "
+                                  "a few MB per checkpoint: train.keep_checkpoints), then `--resume`") from None
+        raise
     if out_dir.exists():
         old = out_dir.with_name(out_dir.name + ".old")
         if old.exists():

@@ -25,27 +25,30 @@ def warning_console():
 
 
 @contextlib.contextmanager
-def hidden_stderr(enabled: bool = True, one_line_errors: tuple[type, ...] = ()):
-    """Send fd 2 (and `sys.stderr`) to a temporary log while active; yields its path. If the body
-    raises anything but `one_line_errors`, the log's last lines are printed first."""
+def hidden_stderr(enabled: bool = True, one_line_errors: tuple[type, ...] = (), kept_as: Path | None = None):
+    """Send fd 2 (and `sys.stderr`) to a temporary log while active; yields it (an open file). The file has no
+    name (`tempfile.TemporaryFile`): whatever ends the process, a SIGKILL too, the kernel frees it, so nothing
+    of a run outlives it outside its run dir. If the body raises anything but `one_line_errors`, the log's last
+    lines are printed first, naming `kept_as` (where `keep_log` copies it)."""
     if not enabled:
         yield None
         return
     sys.stderr.flush()
-    log = tempfile.NamedTemporaryFile("w+", prefix="intro-lite-stderr-", suffix=".log", delete=False)
+    log = tempfile.TemporaryFile("w+")
     global _TERMINAL
     saved_fd, saved_stderr = os.dup(2), sys.stderr
     _TERMINAL = os.fdopen(os.dup(saved_fd), "w", buffering=1)
     os.dup2(log.fileno(), 2)
     sys.stderr = log
     try:
-        yield Path(log.name)
+        yield log
     except BaseException as e:
         if not isinstance(e, one_line_errors):
             _restore(log, saved_fd, saved_stderr)
-            tail = Path(log.name).read_text(errors="replace").splitlines()[-TAIL_LINES:]
+            log.seek(0)
+            tail = log.read().splitlines()[-TAIL_LINES:]
             if tail:
-                print(f"--- last lines of the hidden library output ({log.name}) ---", *tail, "---", sep="\n",
+                print(f"--- last lines of the hidden library output ({kept_as or 'not kept'}) ---", *tail, "---", sep="\n",
                       file=sys.stderr)
         raise
     finally:
@@ -63,14 +66,16 @@ def _restore(log, saved_fd: int, saved_stderr) -> None:
     sys.stderr = saved_stderr
     os.dup2(saved_fd, 2)
     os.close(saved_fd)
-    log.close()
 
 
-def keep_log(log: Path | None, run_dir: Path, name: str = "stderr.log") -> None:
-    """Move the hidden output into the run directory (stderr.log, appended on --resume)."""
-    if log is None or not log.exists():
+def keep_log(log, run_dir: Path, name: str = "stderr.log") -> None:
+    """Copy the hidden output into the run directory (stderr.log, appended on --resume), then free it."""
+    if log is None or log.closed:
         return
-    if run_dir.is_dir():
-        with open(run_dir / name, "a") as out, open(log) as src:
-            shutil.copyfileobj(src, out)
-    log.unlink()
+    try:
+        if run_dir.is_dir():
+            log.seek(0)
+            with open(run_dir / name, "a") as out:
+                shutil.copyfileobj(log, out)
+    finally:
+        log.close()

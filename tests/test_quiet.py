@@ -20,7 +20,7 @@ def test_fd_and_python_stderr_go_to_the_log(capfd, tmp_path):
     keep_log(log, tmp_path / "run")
     text = (tmp_path / "run" / "stderr.log").read_text()
     assert "C++ NUMA notice" in text and "python stderr" in text
-    assert not log.exists()
+    assert log.closed  # a nameless file: nothing is left to remove, whatever ends the process
 
 
 def test_a_crash_shows_the_hidden_tail_but_a_one_line_error_does_not(capfd):
@@ -57,3 +57,16 @@ def test_train_cli_is_quiet_unless_verbose(tiny_assets, tmp_path):
                           timeout=600)
     assert loud.returncode == 0 and not (tmp_path / "v" / "stderr.log").exists()
     assert any(noise in loud.stderr for noise in ("FutureWarning", "Loading weights", "Loading safetensors"))
+
+
+def test_the_hidden_log_has_no_name_outside_the_run(tmp_path, monkeypatch):
+    # A kill cannot leave /tmp/intro-lite-stderr-*.log behind: the log is never linked into a directory.
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with hidden_stderr() as log:
+        os.write(2, b"chatter\n")
+        assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []
+    keep_log(log, tmp_path / "missing-run")  # no run dir (the config failed first): freed, nowhere written
+    assert log.closed and list(tmp_path.iterdir()) == []

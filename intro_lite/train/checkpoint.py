@@ -86,6 +86,12 @@ def latest_checkpoint(cfg: Config, warn=lambda msg: None) -> Path | None:
     return None
 
 
+def checkpoint_step(run_dir: Path) -> int:
+    """The step of the newest complete checkpoint under `run_dir` (0: none, a resume starts again)."""
+    done = _complete(Path(run_dir) / "checkpoints")
+    return int(done[-1].name[5:]) if done else 0
+
+
 def clear_run_logs(run_dir: Path) -> None:
     """Forget the logs of a run that died before its first checkpoint: it starts again from step 0."""
     for name in ("metrics.jsonl", "eval.jsonl"):

@@ -30,7 +30,7 @@ from intro_lite.train.monitor import make_monitor
 from intro_lite.train.passes import PassSetup
 from intro_lite.train.preflight import check_context_length, check_golds, context_length
 from intro_lite.train.rollouts import gather_ranks, microbatch_seed, roll_out
-from intro_lite.train.rundir import Notes, prepare_run_dir
+from intro_lite.train.rundir import Notes, prepare_run_dir, unlock_run_dir
 from intro_lite.train.runlog import RunLog
 from intro_lite.train.step import train_step
 from intro_lite.train.teacher import make_teacher
@@ -114,7 +114,7 @@ def train(cfg: Config, *, progress: bool = True, resume: bool = False, engine: R
     if before and after and dist.is_main():
         write_atomic(run_dir / "eval_summary.json", json.dumps({"before": before, "after": after}, indent=2))
     runlog.close()
-    close_run(grader if own_grader else None, engine if own_engine else None)
+    close_run(run_dir, grader if own_grader else None, engine if own_engine else None)
     return run_dir
 
 
@@ -131,6 +131,7 @@ def open_run(cfg: Config, model_path: str, grader: Grader | None, *, resume: boo
     except BaseException:
         if own:  # stop its worker now, not whenever the object is collected
             grader.close()
+        unlock_run_dir(cfg.run_dir)
         raise
 
 
@@ -242,9 +243,10 @@ def push_adapter(model, engine, run_dir: Path, version: int) -> int:
     return version
 
 
-def close_run(grader, engine) -> None:
+def close_run(run_dir: Path, grader, engine) -> None:
     """Close what this run opened; the engine last but one: vLLM's close tears down the process group."""
     dist.barrier()  # every rank is done with the group (rank 0 wrote the final files)
+    unlock_run_dir(run_dir)
     if grader is not None:
         grader.close()
     if engine is not None:
