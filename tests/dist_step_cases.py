@@ -56,12 +56,14 @@ def step_rows(tok, reward, kept_only: bool, answer_suffix: bool = False):
             z = torch.randint(5, V, (3 + 2 * k + p,), generator=g).tolist()
             r = float(bool(reward(p, k)))
             if r or not kept_only:
-                rows.append(Row(p, p, x, x + ANSWER, z + ANSWER if answer_suffix else z, len(z), r))
+                served = [-0.5 - 0.1 * t for t in range(len(z))]  # made-up vLLM logprobs of z: the gap is a figure
+                rows.append(Row(p, p, x, x + ANSWER, z + ANSWER if answer_suffix else z, len(z), r, served))
     return rows
 
 
 def run(model_dir: str) -> dict:
-    """{case: (loss, grad_norm, stats, parameters after one SGD(lr=1) step, rows, stats of one-row micro-batches)}
+    """{case: (loss, grad_norm, stats, parameters after one SGD(lr=1) step, rows, stats of one-row micro-batches,
+    the logprob gap's (mean, max))}
     on this rank's prompts. Micro-batches of 4 rows split 1 and 2 processes' rows differently (12 rows: 4+4+4 on
     one process, 4+2 on each rank), and the loss must not care. The non-count stats are row-weighted means of
     micro-batch means, so they are compared on one-row micro-batches, where both splits weigh the rows alike."""
@@ -102,7 +104,8 @@ def run(model_dir: str) -> dict:
             runs.append(train_step(setup, opt, rows, micro_batch_size=mb, max_grad_norm=1e9, generator_seed=11))
             if mb == 4:  # the adapter, and a lagged teacher's weights after its update
                 after = [p.detach().clone() for p in params] + (teacher.state_dict() if teacher is not None else [])
-        out[case] = (runs[0].loss, runs[0].grad_norm, runs[0].stats, after, len(rows), runs[1].stats)
+        out[case] = (runs[0].loss, runs[0].grad_norm, runs[0].stats, after, len(rows), runs[1].stats,
+                     (runs[0].logprob_gap_mean, runs[0].logprob_gap_max))
     return out
 
 

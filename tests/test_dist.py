@@ -42,13 +42,13 @@ def one_process(tiny_assets):
 
 @pytest.mark.parametrize("case", [c[0] for c in all_cases()])
 def test_train_step_on_two_ranks_equals_one_process(two_ranks, one_process, case):
-    loss, grad_norm, stats, params, n_rows, stats_1 = one_process[case]
+    loss, grad_norm, stats, params, n_rows, stats_1, gap = one_process[case]
     shares = [rank[case][4] for rank in two_ranks]
     assert sum(shares) == n_rows > 0
     if case == "intro-idle":
         assert shares[1] == 0  # rank 1 kept nothing, yet joined every collective
     for rank in two_ranks:  # every rank logs the global figures and holds the same adapter
-        r_loss, r_norm, r_stats, r_params, _, r_stats_1 = rank[case]
+        r_loss, r_norm, r_stats, r_params, _, r_stats_1, r_gap = rank[case]
         # abs 1e-6: dr_grpo's and iapo's losses here are O(1) terms that cancel to ~1e-8 (ratio 1, zero-mean
         # advantages), so their last digits are round-off that depends on the micro-batch split
         assert r_loss == pytest.approx(loss, rel=1e-6, abs=1e-6)
@@ -63,7 +63,10 @@ def test_train_step_on_two_ranks_equals_one_process(two_ranks, one_process, case
             assert r_stats_1[k] == pytest.approx(stats_1[k], rel=1e-12, abs=1e-300), k
         for a, b in zip(r_params, params):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    assert grad_norm > 0
+        # The logprob gap: the ranks' sums and counts all-reduced, their maxima gathered. Each row's logprobs
+        # come from another batch shape on each side (float32 rounding, ~1e-6 of a few nats).
+        assert r_gap[0] == pytest.approx(gap[0], rel=0, abs=1e-5) and r_gap[1] == pytest.approx(gap[1], rel=0, abs=1e-5)
+    assert grad_norm > 0 and gap[0] > 0 and gap[1] >= gap[0]
     for a, b in zip(two_ranks[0][case][3], two_ranks[1][case][3]):
         assert torch.equal(a, b)  # bit-identical across ranks: the same summed gradient
 

@@ -35,6 +35,7 @@ class CharTokenizer:
 class Sample:
     def __init__(self, token_ids):
         self.token_ids = token_ids
+        self.logprobs = [-0.1 * (t + 1) for t in range(len(token_ids))]  # vLLM's, one per sampled token
 
 
 class Answer:
@@ -60,6 +61,8 @@ def test_latro_rows_keep_the_space_before_y_and_never_append_after_eos():
     assert tok.decode(rows[0].suffix[: rows[0].n_loss]) == "x = 2."
     assert tok.eos_token_id not in rows[1].suffix
     assert tok.decode(rows[1].suffix) == "no marker.The answer is \\boxed{5}."
+    # Only the kept rollout tokens were sampled: their served logprobs stay, the EOS's and y's have none.
+    assert rows[0].served_logprobs == pytest.approx([-0.1, -0.2]) and rows[1].served_logprobs == pytest.approx([-0.1, -0.2, -0.3])
 
 
 @torch.no_grad()

@@ -140,8 +140,11 @@ def test_tiny_recipe_end_to_end(tiny_demo_assets, tmp_path):
     assert any(r["loss"] != 0 and r["w_mean"] is not None and r["grad_norm"] > 0 for r in lines)
     for key in ("rollout_accuracy", "kept_fraction", "prompts_no_correct", "mean_length", "max_length", "loss",
                 "grad_norm", "w_mean", "w_gt1_frac", "w_clipped_frac", "entropy", "time_rollout", "time_forward",
-                "time_backward", "time_sync", "tokens_per_second", "adapter_version"):
+                "time_backward", "time_sync", "tokens_per_second", "adapter_version", "logprob_gap_mean", "logprob_gap_max"):
         assert all(key in r for r in lines), key
+    # The served adapter is the trained one: NF4's rounding only (train/gap.py), no logprob_gap alarm
+    assert all(r["logprob_gap_mean"] is None or r["logprob_gap_mean"] < 0.05 for r in lines), lines
+    assert all("logprob_gap" not in r["alarms"] for r in lines)
     assert lines[-1]["adapter_version"] == 2
     assert (run / "config.toml").exists()
     assert load_config(run / "config.toml").train.steps == 2

@@ -44,6 +44,7 @@ def test_sft_rolls_nothing_out(tiny_assets, tmp_path):
     assert [r["step"] for r in lines] == [1, 2]
     for r in lines:
         assert r["rollout_accuracy"] is None and r["mean_length"] is None and r["rollout_tokens_total"] == 0
+        assert r["logprob_gap_mean"] is None and r["logprob_gap_max"] is None  # gold solutions: nothing was served
         assert r["kept_fraction"] == 1.0 and r["n_tokens"] > 0 and r["nll"] > 0
         assert r["loss"] == pytest.approx(r["nll"], rel=1e-6)  # sum / n vs a mean: fp32 rounding
 
@@ -64,7 +65,8 @@ def _rows(tok, G=3, prompts=2, seed=0):
         x = torch.randint(5, V, (5 + p,), generator=g).tolist()
         for k in range(G):
             z = torch.randint(5, V, (3 + 2 * k + p,), generator=g).tolist()
-            rows.append(Row(p, p, x, x + [7, 8], z, len(z), float((k + p) % 2)))
+            served = [-0.5 - 0.1 * t for t in range(len(z))]  # made-up vLLM logprobs: the gap is just a figure here
+            rows.append(Row(p, p, x, x + [7, 8], z, len(z), float((k + p) % 2), served))
     return rows
 
 
@@ -107,13 +109,38 @@ def test_train_step_micro_batches_equal_one_batch(policy, name, settings):
     if name == "latro":  # z ⊕ y: the last two suffix tokens are the answer
         for r in rows:
             r.n_loss = len(r.suffix) - 2
+            r.served_logprobs = r.served_logprobs[: r.n_loss]  # y was not sampled
     full, r_full = _step(model, tok, name, rows, mb=len(rows), settings=settings)
     split, r_split = _step(model, tok, name, rows, mb=1 if name == "intro" else 3, settings=settings)  # intro keeps 3 rows
     assert r_full.nonfinite_streak == 0 and r_full.grad_norm > 0
     assert r_split.loss == pytest.approx(r_full.loss, rel=1e-5, abs=1e-7)
+    # The logprob gap (train/gap.py) is a sum over positions and a max: the split does not change it beyond the
+    # forward pass's float32 rounding (~1e-6 of logprobs of a few nats)
+    assert r_full.logprob_gap_mean > 0 and r_full.logprob_gap_max >= r_full.logprob_gap_mean
+    assert r_split.logprob_gap_mean == pytest.approx(r_full.logprob_gap_mean, rel=0, abs=1e-5)
+    assert r_split.logprob_gap_max == pytest.approx(r_full.logprob_gap_max, rel=0, abs=1e-5)
     for a, b in zip(full, split):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
     assert any(d.abs().sum() > 0 for d in full)
+
+
+@pytest.mark.parametrize("name, settings", [("grpo", {"beta": 0.0}), ("intro", {"logits_chunk_size": 4})])
+def test_the_logprob_gap_to_the_trainers_own_logprobs_is_rounding(policy, name, settings):
+    """Served logprobs equal to the policy's own (what vLLM serving the trained adapter returns, but for
+    rounding) give a gap at float32's rounding of the two passes; the logits and the hidden-state path alike."""
+    from intro_lite.forward import suffix_logits
+
+    model, tok = policy
+    rows = [r for r in _rows(tok) if r.reward > 0 or name != "intro"]
+    model.eval()
+    with torch.no_grad():
+        logits, tokens, mask = suffix_logits(model, [r.x for r in rows], [r.suffix for r in rows], tok.pad_token_id)
+    own = torch.log_softmax(logits.double(), -1).gather(-1, tokens[..., None]).squeeze(-1)
+    for b, r in enumerate(rows):
+        r.served_logprobs = own[b, : len(r.suffix)].tolist()
+    _, result = _step(model, tok, name, rows, mb=2, settings=settings)
+    # float32 logits of a few nats: one pass's rounding against another's (other batch shapes) is ~1e-6
+    assert 0 <= result.logprob_gap_mean <= result.logprob_gap_max < 1e-4, (result.logprob_gap_mean, result.logprob_gap_max)
 
 
 def test_train_step_loss_is_the_objectives_loss(policy):

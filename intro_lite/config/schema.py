@@ -126,6 +126,13 @@ class AlarmsConfig:
     # per-token KL to the start model above teacher_kl nats = the teacher is running away
     teacher_drift: float = bounded(0.5, ge=0.0, le=1.0)
     teacher_kl: float = bounded(1.0, gt=0.0)
+    # logprob_gap_mean (mean |log π_vllm − log π_trainer| over the rollout tokens trained) above the run's limit =
+    # vLLM served another adapter. The limit adds those that apply. Healthy CPU runs of the tiny models measured a
+    # step mean of at most 4.5e-7 in float32 (an adapter one step stale: 4.2e-3), 1.1e-3 in bfloat16, 0.021 with the
+    # trainer's base in NF4 (docs/reliability.md, "The logprob gap"); GPU kernels and larger models are unmeasured.
+    logprob_gap_float32: float = bounded(1e-4, gt=0)  # 200x the float32 mean, 40x below a one-step-stale adapter
+    logprob_gap_16bit: float = bounded(0.05, gt=0)  # added for bfloat16/float16: 45x the CPU mean, room for GPU kernels
+    logprob_gap_nf4: float = bounded(0.1, gt=0)  # added for a 4-bit base (trainer NF4, vLLM bnb): 5x the worst step
 
 
 @dataclass

@@ -113,6 +113,9 @@ class Row:
     suffix: list[int]  # rationale ids from the rollout (or z* for SFT, z_cut ⊕ y for LaTRO)
     n_loss: int  # leading suffix tokens in the loss mask (the rest, if any, are LaTRO's y)
     reward: float
+    # vLLM's raw logprob of each leading suffix token it sampled (a rollout's, or the kept part of a cut
+    # one); None = not sampled here (SFT's gold solutions). The loop logs its gap to the trainer's.
+    served_logprobs: list[float] | None = None
 
 
 @dataclass
@@ -146,10 +149,12 @@ class PassContext:
 
 def rollout_rows(step: StepRollouts, *, kept_only: bool) -> list[Row]:
     """One row per rollout (its own token ids, EOS included), the correct ones only if ``kept_only``;
-    a row's reward is the graded reward (1/0 for math, the reward function's value otherwise)."""
+    a row's reward is the graded reward (1/0 for math, the reward function's value otherwise) and its
+    served_logprobs the ones vLLM returned with the sample (None if it returned none)."""
     G = step.group_size
     rewards = step.rewards if step.rewards is not None else [float(c) for c in step.correct]
-    return [Row(i, step.first_group + j // G, step.x_ids[i], step.xy_ids[i], list(s.token_ids), len(s.token_ids), float(r))
+    return [Row(i, step.first_group + j // G, step.x_ids[i], step.xy_ids[i], list(s.token_ids), len(s.token_ids), float(r),
+                list(getattr(s, "logprobs", None) or []) or None)
             for j, ((i, s), c, r) in enumerate(zip(step.rollouts, step.correct, rewards)) if c or not kept_only]
 
 

@@ -116,6 +116,7 @@ class LaTRO(Objective):
             lead = text[len("".join(pieces[:keep])) : marker_start(text, tuple(c.answer_markers))]
             answer = c.answer_template.format(answer=step.problems[r.prompt].answer)
             r.suffix, r.n_loss = ids[:keep] + tok(lead + answer, add_special_tokens=False)["input_ids"], keep
+            r.served_logprobs = r.served_logprobs and r.served_logprobs[:keep]  # y was not sampled
         return rows
 
     def compute(self, inputs: ObjectiveInputs, cfg: LatroConfig | None = None, *, generator=None) -> tuple[Tensor, dict[str, float]]:

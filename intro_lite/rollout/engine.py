@@ -237,7 +237,8 @@ class RolloutEngine:
         """Sample ``n`` continuations per prompt with the current adapter.
 
         ``logprobs=False`` skips vLLM's per-token log-prob gather (``Sample.logprobs`` is then
-        empty): work wasted when the caller recomputes log-probs itself (the training loop).
+        empty): work wasted when the caller does not read them (evals, the probe). The training
+        loop reads them: their gap to the trainer's log-probs proves which adapter was served.
 
         Returns one list of ``n`` ``Sample`` per prompt, in prompt order. With
         ``seed`` set, prompt ``i`` uses seeds ``seed + i*n ... seed + i*n + n-1``

@@ -15,6 +15,8 @@ FIXES = {
     "w_collapsed": "the hint does not change the teacher: check data.hint_template, run intro-lite probe",
     "w_clipped": "the teacher and the policy drifted apart: lower train.lr or raise intro.clip_max",
     "adapter_stale": "vLLM did not get the new adapter: see docs/engine.md (adapter hot-swap)",
+    "logprob_gap": "vLLM is not sampling with the adapter being trained (a stale or failed adapter sync, another base "
+                   "or tokenizer): see docs/engine.md (adapter hot-swap) and docs/reliability.md (logprob gap)",
     "entropy_collapse": "the policy became deterministic: lower train.lr or raise rollout.temperature",
     # Seen on the tiny choice task: one InTRO seed of five went from 30% to 2% held-out in 13 steps, its
     # answer-conditioned teacher (the same adapter) collapsing with it; nothing else fired.
@@ -29,8 +31,9 @@ NOISE_SE = 3.0  # accuracy_drop fires only on a drop beyond this many standard e
 
 
 class Alarms:
-    def __init__(self, cfg, samples_per_step: int):
+    def __init__(self, cfg, samples_per_step: int, gap_limit: tuple[float | None, str] | None = None):
         self.cfg, self.samples_per_step = cfg, samples_per_step
+        self.gap_limit, self.gap_why = gap_limit or (cfg.logprob_gap_float32, "float32")  # logprob_gap_limit
         self.no_correct_streak, self.last_version = 0, None
         self.accuracies: deque[float] = deque(maxlen=cfg.accuracy_window)  # the rolling window
         self.best_window: float | None = None
@@ -67,6 +70,10 @@ class Alarms:
         if self.last_version is not None and version is not None and version <= self.last_version:
             alarm("adapter_stale", f"adapter version stayed at {version}")
         self.last_version = version
+        if (gap := r.get("logprob_gap_mean")) is not None and self.gap_limit is not None and gap > self.gap_limit:
+            alarm("logprob_gap", f"vLLM's and the trainer's logprobs of the rollout tokens differ by {gap:.2g} on "
+                                 f"average (max {r.get('logprob_gap_max') or 0:.2g}), over the {self.gap_limit:g} "
+                                 f"that {self.gap_why} rounding explains")
         if (h := r.get("entropy")) is not None and r.get("n_tokens", 1) and h < c.entropy_min:
             alarm("entropy_collapse", f"policy entropy {h:.3f} nats/token")
         if (hinted := r.get("teacher_hinted_accuracy")) is not None:
@@ -93,3 +100,19 @@ class Alarms:
         n = self.cfg.accuracy_window * max(self.samples_per_step, 1)
         p = (best + now) / 2
         return best - now > NOISE_SE * math.sqrt(max(p * (1 - p), 1e-12) * 2 / n)
+
+
+def logprob_gap_limit(cfg, *, dtype: str, quantized: bool, dropout: float) -> tuple[float | None, str]:
+    """The largest healthy `logprob_gap_mean` for a run's precision (`cfg`: the [alarms] table; `dtype`: the
+    trainer's and vLLM's resolved dtype; `quantized`: either base is 4-bit) and the words for it: float32's
+    limit plus the 16-bit one and the 4-bit one where they apply (their rounding errors add up at worst).
+    None with LoRA dropout: the trainer's pass then drops adapter inputs that vLLM's does not, a gap no
+    limit tells from a stale adapter (the figures are still logged)."""
+    if dropout > 0:
+        return None, "lora.dropout"
+    limit, why = cfg.logprob_gap_float32, ["float32"]
+    if dtype in ("bfloat16", "float16"):
+        limit, why = limit + cfg.logprob_gap_16bit, [dtype]
+    if quantized:
+        limit, why = limit + cfg.logprob_gap_nf4, [*why, "4-bit (NF4)"]
+    return limit, " + ".join(why)

@@ -10,6 +10,9 @@ INTRO_LITE_FAULT_AT=POINT:N[,...]  SIGKILL at a named point of step N (0 = befor
 INTRO_LITE_FAULT_RAISE=R:N        rank R raises an error in step N's train_step, before the gradient all-reduce
                                    (the other ranks wait there: the failing-rank tests of docs/scale.md)
 INTRO_LITE_FAULT_STALL=R:N        rank R stops there instead (sleeps): the others' collective times out
+INTRO_LITE_FAULT_STALE_ADAPTER=N  from adapter version N on, push_adapter writes the adapter but never hands it
+                                   to vLLM, which keeps serving what it had (0: the base model): the silent sync
+                                   failure the logprob_gap alarm must catch (train/gap.py)
 INTRO_LITE_FAULT_AFTER_STEP=N and INTRO_LITE_FAULT_IN_CHECKPOINT=N are the older spellings of
 after_step:N and checkpoint:N.
 """
@@ -64,3 +67,9 @@ def on_rank(step: int) -> None:
         raise RuntimeError(f"injected failure on rank {dist.rank()} at step {step} (INTRO_LITE_FAULT_RAISE)")
     if os.environ.get("INTRO_LITE_FAULT_STALL") == here:
         time.sleep(24 * 3600)
+
+
+def stale_adapter(version: int) -> bool:
+    """INTRO_LITE_FAULT_STALE_ADAPTER = N: adapter versions >= N are not pushed to vLLM."""
+    raw = os.environ.get("INTRO_LITE_FAULT_STALE_ADAPTER", "")
+    return raw.strip() != "" and version >= int(raw)

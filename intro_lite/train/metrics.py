@@ -63,6 +63,9 @@ def step_record(step: int, lr: float, rollouts, result, rows, timer: Timer, *, v
         "loss": result.loss,
         "grad_norm": result.grad_norm,
         "skipped_nonfinite": result.nonfinite_streak > 0,
+        # |log π_vllm − log π_trainer| over the rollout tokens trained: the served adapter is the trained one
+        "logprob_gap_mean": result.logprob_gap_mean,
+        "logprob_gap_max": result.logprob_gap_max,
         **result.stats,
         **{f"time_{k}": v for k, v in timer.totals.items()},
         "tokens_per_second": (sum(lengths) + trained_tokens) / max(timer.elapsed(), 1e-9),
@@ -74,7 +77,7 @@ def step_record(step: int, lr: float, rollouts, result, rows, timer: Timer, *, v
 def progress_info(record: dict) -> str:
     fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
     return (f"acc {fmt(record['rollout_accuracy'], '.2f')} len {fmt(record['mean_length'], '.0f')} "
-            f"loss {record['loss']:.3f} |g| {record['grad_norm']:.2f}")
+            f"loss {record['loss']:.3f} |g| {record['grad_norm']:.2f} gap {fmt(record.get('logprob_gap_mean'), '.1e')}")
 
 
 def make_progress(enabled: bool):

@@ -13,7 +13,7 @@ from intro_lite.train import dist
 class Rollouts:
     """One step's samples, G per prompt in prompt order, and their grades."""
 
-    pairs: list  # [(problem index, sample with .token_ids/.text/.finish_reason)]
+    pairs: list  # [(problem index, sample with .token_ids/.logprobs/.text/.finish_reason)]
     grades: list
     group_size: int
 
@@ -38,7 +38,7 @@ def roll_out(cfg: Config, engine, grader, problems, x_ids: list[list[int]], idx:
     seed = rollout_seed(cfg.seed, step, cfg.train.prompts_per_step * G) + first * G
     with timer("rollout"):
         groups = engine.generate(prompts, n=G, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                 max_new_tokens=cfg.rollout.max_new_tokens, seed=seed, logprobs=False)
+                                 max_new_tokens=cfg.rollout.max_new_tokens, seed=seed, logprobs=True)
     pairs = [(i, s) for i, g in zip(idx, groups) for s in g]
     with timer("grading"):
         grades = grader.grade([(problem_dict(problems[i]), s.text) for i, s in pairs])

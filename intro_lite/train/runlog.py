@@ -8,7 +8,7 @@ import json
 from intro_lite.train import dist, faults
 from intro_lite.io import append_jsonl, read_jsonl_log, write_atomic
 from intro_lite.objectives import token_capture
-from intro_lite.train.alarms import Alarms
+from intro_lite.train.alarms import Alarms, logprob_gap_limit
 from intro_lite.train.samples import is_sample_step, write_samples
 from intro_lite.train.trackers import Trackers
 
@@ -17,6 +17,15 @@ def drop_samples_after(path, step: int) -> None:
     if path.exists():
         kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
         write_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def gap_limit(cfg) -> tuple[float | None, str]:
+    """The logprob_gap alarm's limit for this run's dtype and quantization (train/alarms.py)."""
+    from intro_lite.policy import resolve_device, resolve_dtype
+
+    dtype = str(resolve_dtype(cfg.model.dtype, resolve_device(cfg.model.device))).removeprefix("torch.")
+    quantized = cfg.model.quantization != "none" or cfg.rollout.quantization != "none"
+    return logprob_gap_limit(cfg.alarms, dtype=dtype, quantized=quantized, dropout=cfg.lora.dropout)
 
 
 class RunLog:
@@ -30,7 +39,7 @@ class RunLog:
             return
         drop_samples_after(cfg.run_dir / "samples.jsonl", start)  # a resume re-runs the steps after its checkpoint
         self.trackers = Trackers(cfg, start)
-        self.alarms = Alarms(cfg.alarms, cfg.train.prompts_per_step * cfg.rollout.group_size)
+        self.alarms = Alarms(cfg.alarms, cfg.train.prompts_per_step * cfg.rollout.group_size, gap_limit(cfg))
         for r in read_jsonl_log(cfg.run_dir / "metrics.jsonl")[0] if start else []:
             self.alarms.check(r)  # a resume replays the steps it keeps: streaks and rolling means as if never stopped
 

@@ -12,6 +12,7 @@ import torch
 from intro_lite.errors import TrainingAborted
 from intro_lite.objectives import BatchInfo, Row
 from intro_lite.train import dist, faults
+from intro_lite.train.gap import GapSums, chunk_gaps, global_gap
 from intro_lite.train.passes import PassSetup, forward_passes
 
 
@@ -21,6 +22,9 @@ class StepResult:
     grad_norm: float  # before clipping
     stats: dict  # the objective's stat_keys; null if nothing was trained
     nonfinite_streak: int  # 0 = the optimizer stepped; else non-finite steps in a row (this one skipped)
+    # mean and max |log π_vllm − log π_trainer| over the rollout tokens trained (train/gap.py); None if none
+    logprob_gap_mean: float | None = None
+    logprob_gap_max: float | None = None
 
 
 def train_step(setup: PassSetup, optimizer, rows: list[Row], *, micro_batch_size: int, max_grad_norm: float,
@@ -34,11 +38,12 @@ def train_step(setup: PassSetup, optimizer, rows: list[Row], *, micro_batch_size
     each micro-batch are global, the gradients are summed over the ranks before clipping, and the
     returned loss and stats are the global ones on every rank. Row i of the step (counting every
     rank's rows in rank order) draws its random numbers (InTRO's candidates) from the seed
-    `generator_seed + i`, so they do not depend on how rows are split into micro-batches or ranks."""
+    `generator_seed + i`, so they do not depend on how rows are split into micro-batches or ranks.
+    The logprob gap of the rows' served tokens (train/gap.py) comes from the same policy pass, no grad."""
     objective, needs, timer = setup.objective, setup.needs, timer or (lambda name: contextlib.nullcontext())
     batch, first = global_batch(rows)
     stats: dict[str, float | None] = dict.fromkeys(objective.stat_keys)  # null if nothing trained
-    loss_total, n_rows, row = 0.0, len(batch.lengths), first
+    loss_total, n_rows, row, gap = 0.0, len(batch.lengths), first, GapSums()
     setup.model.train()
     for c, chunk in enumerate(micro_batches(rows, micro_batch_size, whole_groups=needs.whole_groups)):
         with timer("forward"):
@@ -47,6 +52,7 @@ def train_step(setup: PassSetup, optimizer, rows: list[Row], *, micro_batch_size
             inputs.row_seeds = generator_seed + torch.arange(row, row + len(chunk))
             gen = torch.Generator(device=inputs.tokens.device).manual_seed(generator_seed + c)
             loss, chunk_stats = objective.compute(inputs, setup.config, generator=gen)
+            gap.add(chunk_gaps(inputs, chunk))  # vLLM's logprobs of the rollout tokens vs this pass's
         row += len(chunk)
         loss = faults.poison_loss(loss, step)
         # Objectives with batch totals return their share of the full-batch loss; the others a row mean.
@@ -58,6 +64,7 @@ def train_step(setup: PassSetup, optimizer, rows: list[Row], *, micro_batch_size
             stats[k] = (stats.get(k) or 0.0) + (v if k.startswith("n_") else v * len(chunk) / n_rows)
     faults.on_rank(step)  # the failing-rank tests: this rank raises or stalls while the others wait below
     loss_total, stats = global_figures(loss_total, stats, trained=bool(rows))
+    gap_mean, gap_max = global_gap(gap)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if n_rows:  # every rank's gradient summed (a rank without rows adds zeros); none at all: no gradient
         dist.all_reduce_grads(params)
@@ -70,7 +77,7 @@ def train_step(setup: PassSetup, optimizer, rows: list[Row], *, micro_batch_size
         optimizer.zero_grad(set_to_none=True)
     if setup.teacher is not None:  # a lagged teacher follows the policy after each step (train/teacher.py)
         setup.teacher.update(step)
-    return StepResult(loss_total, grad_norm, stats, streak)
+    return StepResult(loss_total, grad_norm, stats, streak, gap_mean, gap_max)
 
 
 def global_batch(rows: list[Row]) -> tuple[BatchInfo, int]:
