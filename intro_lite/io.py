@@ -42,7 +42,7 @@ def check_output_dir(path: Path, option: str = "--out") -> None:
 
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"{option} {path}: is a file; name a directory")
+        raise ConfigError(f"{option} {path}: a file is in the way; name a directory")
     nearest = next(p for p in (path, *path.parents) if p.exists())
     if not nearest.is_dir():
         raise ConfigError(f"{option} {path}: {nearest} is a file, not a directory")

@@ -3,7 +3,7 @@ a window of steps (never one step's draw)."""
 
 import json
 
-from intro_lite.cli import _print_summary
+from intro_lite.summary import print_summary as _print_summary
 
 
 def test_summary_smooths_rollouts_and_gives_standard_errors(tmp_path, capsys):

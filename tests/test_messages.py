@@ -57,7 +57,7 @@ def test_a_sweep_grid_never_runs_or_counts_a_cell_twice(tmp_path):
 
 
 def test_a_summary_over_no_problem_says_so(tmp_path):
-    from intro_lite.cli import _print_summary
+    from intro_lite.summary import print_summary as _print_summary
 
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "rollout_accuracy": 0.5, "mean_length": 3.0}) + "\n")
     empty = {"n_problems": 0, "accuracy": 0.0, "mean_length": 0.0}
@@ -65,7 +65,7 @@ def test_a_summary_over_no_problem_says_so(tmp_path):
     from rich.console import Console
 
     console = Console(record=True, width=200)
-    import intro_lite.cli as cli
+    import intro_lite.summary as cli
 
     real = cli.Console
     cli.Console = lambda *a, **k: console

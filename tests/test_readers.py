@@ -51,7 +51,7 @@ def test_out_destinations_are_checked_before_the_work(tmp_path):
     (run / "samples.jsonl").write_text(json.dumps(SAMPLE) + "\n")
     a_file = tmp_path / "a_file"
     a_file.write_text("keep me")
-    assert "is a file" in _one_error_line(CliRunner().invoke(app, ["plot", str(run), "--out", str(a_file)]))
+    assert "a file is in the way" in _one_error_line(CliRunner().invoke(app, ["plot", str(run), "--out", str(a_file)]))
     assert "is a directory" in _one_error_line(CliRunner().invoke(app, ["show", str(run), "--out", str(tmp_path)]))
     missing = tmp_path / "no" / "such" / "page.html"
     assert "does not exist" in _one_error_line(CliRunner().invoke(app, ["show", str(run), "--out", str(missing)]))
@@ -59,7 +59,7 @@ def test_out_destinations_are_checked_before_the_work(tmp_path):
     assert not list(tmp_path.rglob(".*.tmp"))
     # probe says so before loading anything (it used to fail after ~20 s of work)
     res = CliRunner().invoke(app, ["probe", "recipes/tiny.toml", "--out", str(a_file)])
-    assert "is a file" in _one_error_line(res)
+    assert "a file is in the way" in _one_error_line(res)
 
 
 def test_eval_compare_on_a_directory_or_a_broken_results_file(tmp_path):
