@@ -124,7 +124,7 @@ class AlarmsConfig:
     accuracy_drop: float = bounded(0.5, ge=0.0, le=1.0)  # rolling mean below this share of its best so far = getting worse
     # InTRO's teacher monitor (intro.monitor_every): its hinted accuracy below this share of its start, or its
     # per-token KL to the start model above teacher_kl nats = the teacher is running away. 0.01 from the replays
-    # (docs/results/intro-regime): healthy runs reached 7e-4 by step 49, the collapsed one 0.008 at 47 and 0.1 at 49
+    # (docs/results/intro-regime): it fired on the 3 of 5 replayed runs that ended 29-46 points behind, on neither other
     teacher_drift: float = bounded(0.5, ge=0.0, le=1.0)
     teacher_kl: float = bounded(0.01, gt=0.0)
     # logprob_gap_mean (mean |log π_vllm − log π_trainer| over the rollout tokens trained) above the run's limit =
