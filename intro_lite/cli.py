@@ -145,6 +145,9 @@ def eval_(
     maj: bool = typer.Option(False, "--maj", help="Also report maj@k (majority answer, grouped by the grader)."),
     field: list[str] = typer.Option(
         [], "--field", help="Fields of file/HF benchmarks: problem=, answer=, solution=, id=, split= (repeatable)."),
+    trust_reward_code: bool = typer.Option(
+        False, "--trust-reward-code", help="Score with the reward function a run dir's config.toml names (its "
+        "Python runs here); without it such a run is refused."),
 ) -> None:
     """Score models and adapters on math benchmarks; print the paper's Table 1 for them side by side."""
     import datetime
@@ -153,6 +156,7 @@ def eval_(
     from intro_lite.eval import report as rep
     from intro_lite.eval import run as ev
     from intro_lite.eval.targets import resolve_targets
+    from intro_lite.rewards import BUILTIN as BUILTIN_REWARDS
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep vLLM's start-up log from burying the table
     # Piped output (a log file) gets room for the whole table instead of rich's 80-column default.
@@ -171,6 +175,9 @@ def eval_(
         from intro_lite.config.sources import FIELD_KEYS, expand
 
         settings = ev.default_settings(paths if benchmarks is None else [])
+        if settings.settings_from and settings.reward not in BUILTIN_REWARDS and not trust_reward_code:
+            _fail(f"{settings.settings_from}/config.toml: reward = {settings.reward!r} is Python code that scoring would "
+                  "run; pass --trust-reward-code if you trust it, or --benchmarks NAME to score with the built-in rule")
         if settings.settings_from:
             _warn(f"scoring on {settings.benchmarks[0]!r}, {settings.settings_from}'s [eval] source and settings "
                   "(--benchmarks to choose)")

@@ -1,7 +1,9 @@
 """Answer grading: the project's only grader, used by both training rewards and eval.
 
 Built on math-verify, or a reward function (`reward` in the config; rewards.py), which runs in the
-same worker under the same hard timeout. All math-verify / sympy work runs in a persistent worker
+same worker under the same hard timeout. A user's reward that fails (raises, returns no number, overruns,
+kills the worker) is named in one line, once per kind of failure, with the record and the first error
+(`on_failure`); its prints go to the worker's `output` file, never the terminal. All math-verify / sympy work runs in a persistent worker
 process (multiprocessing "spawn" context: the parent holds torch/vLLM threads,
 so forking it is unsafe). The parent enforces a hard wall-clock timeout per item
 and kills + replaces the worker when an item overruns, so a pathological answer
@@ -18,15 +20,18 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 import weakref
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from intro_lite.answers import extract_boxed, strip_math_delimiters
-from intro_lite.rewards import CORRECT_ABOVE, load_reward
+from intro_lite.errors import ConfigError
+from intro_lite.rewards import BUILTIN, CORRECT_ABOVE, load_reward
 
 __all__ = ["Grade", "Grader", "extract_boxed"]
 
@@ -48,6 +53,8 @@ class Grade:
     pred: str
     # The reward function's value; None = math-verify, whose reward is 1/0 (`value`).
     reward: float | None = None
+    # Why a reward function's grading failed, "<kind>: <specifics>" (e.g. "raised ValueError: ..."); "" = it did not.
+    detail: str = ""
 
     @property
     def value(self) -> float:
@@ -156,25 +163,67 @@ def _grade_one(gold: str, completion: str, internal: int | None) -> tuple[bool, 
     return False, ("timeout" if timed_out else "ok"), pred_str
 
 
-def _reward_one(gold: str | dict, completion: str, internal: int | None) -> tuple[bool, str, str, float | None]:
-    """(correct, status, pred, reward) of one item by the reward function, or math-verify."""
+def _reward_one(gold: str | dict, completion: str, internal: int | None) -> tuple[bool, str, str, float | None, str]:
+    """(correct, status, pred, reward, detail) of one item by the reward function, or math-verify."""
     fn = _MV.get("reward_fn")
     if fn is None:
-        return (*_grade_one(gold["answer"] if isinstance(gold, dict) else gold, completion, internal), None)
-    # An exception is status "error" (counted per step by the loop), never the end of the run.
-    r = float(fn(gold if isinstance(gold, dict) else {"answer": gold}, completion))
+        return (*_grade_one(gold["answer"] if isinstance(gold, dict) else gold, completion, internal), None, "")
+    # A failure is status "error" with its reason (counted per step by the loop), never the end of the run.
+    try:
+        r = fn(gold if isinstance(gold, dict) else {"answer": gold}, completion)
+    except BaseException as e:  # noqa: BLE001 - SystemExit from user code too
+        return False, "error", "", 0.0, f"raised {type(e).__name__}: {_first_line(e)}"
+    if isinstance(r, (str, bytes)) or r is None or not hasattr(r, "__float__"):
+        return False, "error", "", 0.0, f"returned a {type(r).__name__}: {repr(r)[:60]} (a reward is a float or bool)"
+    try:
+        r = float(r)
+    except Exception as e:  # noqa: BLE001 - a user type whose __float__ fails
+        return False, "error", "", 0.0, f"returned a {type(r).__name__} that float() refuses: {_first_line(e)}"
     if r != r or r in (float("inf"), float("-inf")):
-        return False, "error", "", 0.0
-    return r > CORRECT_ABOVE, "ok", "", r
+        return False, "error", "", 0.0, f"returned {r}: a reward must be finite"
+    return r > CORRECT_ABOVE, "ok", "", r, ""
 
 
-def _worker_main(conn, internal: int | None, parent_pid: int, reward: str = "math") -> None:
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:200] if lines else "(no message)"
+
+
+def _where(e: BaseException) -> str:
+    """" (file line N)" of the innermost frame outside intro-lite and the standard import machinery."""
+    import traceback
+
+    ours = str(Path(__file__).parent)
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not f.filename.startswith((ours, "<frozen"))]
+    return f" ({frames[-1].filename} line {frames[-1].lineno})" if frames else ""
+
+
+def _redirect_output(output: str | None) -> None:
+    """The worker's fds 1 and 2 to `output` (appended), else its stdout onto its stderr: a reward that prints
+    must not flood the terminal (under `intro-lite train`, stderr is the run's hidden log, kept as stderr.log)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if output is None:
+        os.dup2(2, 1)
+        return
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _worker_main(conn, internal: int | None, parent_pid: int, reward: str = "math", output: str | None = None) -> None:
     # Ctrl-C reaches the whole process group; the parent decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
+        _redirect_output(output)
         _worker_init(reward)
-    except BaseException as e:
-        conn.send(("init_error", f"{type(e).__name__}: {e}"))
+    except ConfigError as e:  # load_reward's own one line (e.g. `fn` is not a function)
+        conn.send(("init_error", str(e)))
+        return
+    except BaseException as e:  # noqa: BLE001 - the user's module may raise anything, SystemExit too
+        conn.send(("init_error", f"reward {reward}: loading it raised {type(e).__name__}: {_first_line(e)}{_where(e)}"))
         return
     conn.send(("ready",))
 
@@ -190,11 +239,12 @@ def _worker_main(conn, internal: int | None, parent_pid: int, reward: str = "mat
             if os.getppid() != parent_pid:
                 return  # orphaned mid-batch: nobody will read the results
             try:
-                correct, status, pred, reward = _reward_one(gold, completion, internal)
-            except BaseException:  # noqa: BLE001 - never let one item kill the worker
-                correct, status, pred, reward = False, "error", "", (None if "reward_fn" not in _MV else 0.0)
+                correct, status, pred, reward, detail = _reward_one(gold, completion, internal)
+            except BaseException as e:  # noqa: BLE001 - never let one item kill the worker
+                correct, status, pred = False, "error", ""
+                reward, detail = (None if "reward_fn" not in _MV else 0.0), f"raised {type(e).__name__}: {_first_line(e)}"
             try:
-                conn.send(("result", batch_id, idx, correct, status, pred, reward))
+                conn.send(("result", batch_id, idx, correct, status, pred, reward, detail))
             except (BrokenPipeError, OSError):
                 return
 
@@ -225,12 +275,20 @@ class Grader:
     Owns one lazily started worker process, reused across grade() calls.
     Use as a context manager (or call close()). Not meant to be shared across
     threads concurrently; calls are serialised by a lock.
+
+    A user's reward: each kind of failure ("raised ValueError", "gave no result", ...) is told once, in
+    one line naming the reward, the record and the first error, to `on_failure` (default: the terminal's
+    stderr); `failures` counts them all. Its prints go to `output` (appended), else to the worker's stderr.
     """
 
-    def __init__(self, timeout_s: float = 5.0, reward: str = "math"):
+    def __init__(self, timeout_s: float = 5.0, reward: str = "math", *, output: Path | None = None,
+                 on_failure: Callable[[str], None] | None = None):
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.timeout_s, self.reward = float(timeout_s), reward
+        self.output = None if output is None else str(output)
+        self.on_failure = on_failure or _say_on_terminal
+        self.failures: dict[str, int] = {}
         self._internal = _internal_timeout_s(self.timeout_s)
         self._ctx = mp.get_context("spawn")
         self._proc = None
@@ -258,7 +316,7 @@ class Grader:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(child_conn, self._internal, os.getpid(), self.reward),
+            args=(child_conn, self._internal, os.getpid(), self.reward, self.output),
             name="intro-lite-grader",
             daemon=True,  # multiprocessing's own atexit also reaps it
         )
@@ -281,7 +339,9 @@ class Grader:
             raise
         if msg[0] != "ready":
             self._kill_worker()
-            raise RuntimeError(f"grading worker failed to start (reward {self.reward!r}): {msg[1]}")
+            if self.reward in BUILTIN:
+                raise RuntimeError(f"grading worker failed to start (reward {self.reward!r}): {msg[1]}")
+            raise ConfigError(msg[1])
 
     def _kill_worker(self) -> None:
         proc, conn = self._proc, self._conn
@@ -335,12 +395,26 @@ class Grader:
             if self._closed:
                 raise RuntimeError("Grader is closed")
             try:
-                return self._grade_locked(items)
+                grades = self._grade_locked(items)
             except BaseException:
                 # E.g. KeyboardInterrupt mid-batch: the worker may still be
                 # sending results for this batch, so it cannot be reused.
                 self._kill_worker()
                 raise
+        if self.reward not in BUILTIN:
+            self._tell_failures(items, grades)
+        return grades
+
+    def _tell_failures(self, items: list[tuple[str, str]], grades: list[Grade]) -> None:
+        for (gold, _), g in zip(items, grades):
+            if not g.detail:
+                continue
+            kind = g.detail.split(":")[0]
+            self.failures[kind] = self.failures.get(kind, 0) + 1
+            if self.failures[kind] == 1:
+                record = f"record {gold['id']!r}" if isinstance(gold, dict) and "id" in gold else f"answer {_gold(gold)!r}"
+                self.on_failure(f"reward {self.reward} {g.detail} (on {record}; told once, every grading that fails "
+                                "this way scores 0 and is counted)")
 
     def _failed_reward(self) -> float | None:
         return None if self.reward == "math" else 0.0
@@ -366,7 +440,10 @@ class Grader:
                     msg = self._recv_result(deadline)
                 except _WorkerDied as e:
                     log.warning("grading worker died on item %d (%s); restarting", pos, e)
-                    results[pos] = Grade(False, "error", "", self._failed_reward())
+                    self._proc.join(1.0)
+                    code = self._proc.exitcode
+                    results[pos] = Grade(False, "error", "", self._failed_reward(),
+                                         f"ended the grading worker (exit code {code})")
                     pos += 1
                     self._kill_worker()
                     break
@@ -374,14 +451,27 @@ class Grader:
                     log.warning(
                         "grading item %d exceeded %.1fs; killing worker", pos, self.timeout_s
                     )
-                    results[pos] = Grade(False, "timeout", "", self._failed_reward())
+                    results[pos] = Grade(False, "timeout", "", self._failed_reward(),
+                                         f"gave no result within {self.timeout_s:g} s")
                     pos += 1
                     self._kill_worker()
                     break
-                _, got_batch, idx, correct, status, pred, reward = msg
+                _, got_batch, idx, correct, status, pred, reward, detail = msg
                 if got_batch != batch_id or batch_start + idx != pos:
                     raise RuntimeError(f"grading worker protocol error: {msg[:3]!r} at item {pos}")
-                results[pos] = Grade(bool(correct), status, pred, reward)
+                results[pos] = Grade(bool(correct), status, pred, reward, detail)
                 pos += 1
                 deadline = time.monotonic() + self.timeout_s
         return results  # type: ignore[return-value]
+
+
+def _gold(gold: str | dict) -> str:
+    return (gold.get("answer", "") if isinstance(gold, dict) else gold)[:40]
+
+
+def _say_on_terminal(message: str) -> None:
+    from rich.markup import escape
+
+    from intro_lite.quiet import warning_console
+
+    warning_console().print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True, highlight=False)

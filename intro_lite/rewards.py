@@ -65,7 +65,8 @@ def _split(spec: str) -> tuple[str, str]:
 
 def check_reward(spec: str) -> None:
     """A one-line ConfigError for a reward that cannot load, without running the user's code: a file
-    must exist, parse and define `fn` at top level; a module must be importable by name."""
+    must exist, parse and define `fn` at top level; a module must be found by name (its parent packages
+    are not imported), and its source, when it has one, define `fn`."""
     if spec in BUILTIN:
         return
     target, name = _split(spec)
@@ -73,22 +74,58 @@ def check_reward(spec: str) -> None:
         path = Path(target)
         if not path.is_file():
             raise ConfigError(f"'reward' {spec!r}: file not found: {target}")
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"), filename=target)
-        except (SyntaxError, UnicodeDecodeError, ValueError) as e:
-            raise ConfigError(f"'reward' {spec!r}: {target} does not parse: {e}") from None
-        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
-        defined |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
-        defined |= {(a.asname or a.name) for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
-        if name not in defined:
-            raise ConfigError(f"'reward' {spec!r}: {target} defines no top-level {name!r}")
+        _check_defines(spec, path, name)
         return
-    try:
-        found = importlib.util.find_spec(target)
-    except (ImportError, ValueError) as e:
-        raise ConfigError(f"'reward' {spec!r}: cannot import {target}: {e}") from None
+    found = _locate(target)
     if found is None:
         raise ConfigError(f"'reward' {spec!r}: no module named {target!r}")
+    if found.origin and found.origin.endswith(".py") and Path(found.origin).is_file():
+        _check_defines(spec, Path(found.origin), name)
+
+
+def _check_defines(spec: str, path: Path, name: str) -> None:
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (SyntaxError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"'reward' {spec!r}: {path} does not parse: {e}") from None
+    if name not in _module_names(tree.body):
+        raise ConfigError(f"'reward' {spec!r}: {path} defines no top-level {name!r}")
+
+
+def _module_names(body: list) -> set[str]:
+    """Names a module binds at top level, also inside its if/try/with/for blocks (not in functions or classes)."""
+    names: set[str] = set()
+    for n in body:
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(n.name)
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in n.names}
+        elif isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            for t in (n.targets if isinstance(n, ast.Assign) else [n.target]):
+                names |= {x.id for x in ast.walk(t) if isinstance(x, ast.Name)}
+        else:  # if / try / with / for / while: their blocks run at import time too
+            for block in ("body", "orelse", "finalbody"):
+                names |= _module_names(getattr(n, block, []))
+            for h in getattr(n, "handlers", []):
+                names |= _module_names(h.body)
+    return names
+
+
+def _locate(dotted: str):
+    """The module's spec, found without importing it or its parents: `importlib.util.find_spec("a.b")`
+    would run a/__init__.py, and the config check runs no user code."""
+    from importlib.machinery import PathFinder
+
+    head, *rest = dotted.split(".")
+    try:
+        found = importlib.util.find_spec(head)  # a top-level name is looked up, not imported
+    except (ImportError, ValueError):
+        return None
+    for i, _ in enumerate(rest, start=2):
+        if found is None or found.submodule_search_locations is None:
+            return None  # not a package: it has no submodules
+        found = PathFinder.find_spec(".".join(dotted.split(".")[:i]), list(found.submodule_search_locations))
+    return found
 
 
 def load_reward(spec: str) -> Callable[[dict, str], float | bool]:

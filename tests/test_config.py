@@ -63,7 +63,7 @@ def test_int_widens_to_float_but_not_the_reverse(tmp_path):
         ("[eval]\nsource = 'math5000'\n", r"'eval.source'.*math5000"),
         ("reward = 'nonsense'\n", r"'reward' must be one of \['math', 'exact', 'choice'\]"),
         ("reward = 'no/such/file.py:fn'\n", r"'reward' 'no/such/file.py:fn': file not found"),
-        ("reward = 'no_such_pkg_xyz.rewards:fn'\n", r"cannot import no_such_pkg_xyz.rewards: No module named 'no_such_pkg_xyz'"),
+        ("reward = 'no_such_pkg_xyz.rewards:fn'\n", r"no module named 'no_such_pkg_xyz.rewards'"),
         ("[log]\nsamples_every = -1\n", r"'log.samples_every' must be >= 0"),
     ],
 )

@@ -277,3 +277,22 @@ def test_eval_run_dir_without_benchmarks_uses_the_runs_eval(tiny_assets, tmp_pat
     res = json.loads((out / "results.json").read_text())
     assert {k: res["config"][k] for k in ("benchmarks", "limit", "k", "max_new_tokens")} == {
         "benchmarks": ["tiny-test"], "limit": 3, "k": {"tiny-test": 2}, "max_new_tokens": 16}
+
+
+def test_eval_of_a_run_dir_whose_reward_is_code_asks_for_trust_first(tmp_path):
+    from intro_lite.config import load_config, to_toml
+
+    ran = tmp_path / "reward-ran"
+    reward = tmp_path / "their_reward.py"
+    reward.write_text(f"open({str(ran)!r}, 'w').write('ran')\n\ndef fn(problem, completion):\n    return 1.0\n")
+    run = tmp_path / "sent-to-me"
+    run.mkdir()
+    (run / "config.toml").write_text(to_toml(load_config(None, ["eval.source=tiny-test", f'reward="{reward}:fn"'])))
+    result = CliRunner().invoke(app, ["eval", str(run), "--out", str(tmp_path / "e")], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert "--trust-reward-code" in result.output and "their_reward.py:fn" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not ran.exists()
+    # With the flag that refusal is gone (this run has no adapter, so it stops at the next check).
+    result = CliRunner().invoke(app, ["eval", str(run), "--out", str(tmp_path / "e"), "--trust-reward-code"],
+                                env={"COLUMNS": "300"})
+    assert "--trust-reward-code" not in result.output and result.exit_code == 2, result.output

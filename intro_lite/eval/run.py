@@ -83,6 +83,7 @@ def run(settings: EvalSettings, targets: list[Target], out: Path, *, console=Non
     from rich.console import Console
 
     from intro_lite.grading import Grader
+    from intro_lite.rewards import BUILTIN
     from intro_lite.policy import check_adapter_matches_base
 
     console = console or Console(stderr=True)
@@ -135,7 +136,9 @@ def run(settings: EvalSettings, targets: list[Target], out: Path, *, console=Non
                 (out / name).unlink(missing_ok=True)
 
     save()
-    with Grader(GRADER_TIMEOUT_S, reward=settings.reward) as grader:
+    # A user's reward prints into the run's own folder, not over the table.
+    output = None if settings.reward in BUILTIN else out / "reward-output.log"
+    with Grader(GRADER_TIMEOUT_S, reward=settings.reward, output=output) as grader:
         for model_path, group in by_base.items():
             group.sort(key=lambda t: t.adapter is not None)  # the base row first
             prompts, ids, max_len = tokenized[model_path]

@@ -18,6 +18,7 @@ from intro_lite.sweep.spec import Sweep, cell_config, cells, start_config
 def run_sweep(sweep: Sweep, *, say: Callable[[str], None] = print, progress: bool = False) -> Path:
     """Start run (once), then every cell not yet DONE; returns the sweep dir. Failures are recorded, not raised."""
     from intro_lite.grading import Grader
+    from intro_lite.rewards import BUILTIN
     from intro_lite.rollout.engine import RolloutEngine
     from intro_lite.tiny.assets import resolve_model_path
     from intro_lite.train.loop import engine_settings
@@ -55,7 +56,8 @@ def run_sweep(sweep: Sweep, *, say: Callable[[str], None] = print, progress: boo
             t0 = time.time()
             try:
                 if cfg.reward not in graders:
-                    graders[cfg.reward] = Grader(reward=cfg.reward)
+                    user_code = cfg.reward not in BUILTIN  # its prints go to a file, not between the sweep's lines
+                    graders[cfg.reward] = Grader(reward=cfg.reward, output=sweep.dir / "reward-output.log" if user_code else None)
                 train(cfg, progress=progress, resume=resume, engine=engine, grader=graders[cfg.reward])
             except Exception as e:  # one bad cell must not cost the others; KeyboardInterrupt still stops
                 _record_failure(run_dir, traceback.format_exc())

@@ -8,6 +8,9 @@ from intro_lite.config import Config
 from intro_lite.data.problems import Problem
 from intro_lite.errors import ConfigError
 from intro_lite.grading import Grader
+from intro_lite.rewards import BUILTIN, problem_dict
+
+USER_REWARD_CHECKS = 8  # golds a user's reward is tried on before the run: a hang costs one timeout, not 64
 
 
 def context_length(cfg: Config, model_path: str) -> int:
@@ -39,8 +42,12 @@ def check_context_length(cfg: Config, model_path: str) -> int:
 
 def check_golds(cfg: Config, grader: Grader, problems: list[Problem], sample: int = 64) -> str:
     """Grade a sample of the gold answers against themselves: a gold the grader cannot parse never
-    counts a rollout correct. All bad: a one-line error; some: a warning line (returned)."""
+    counts a rollout correct. All bad: a one-line error; some: a warning line (returned).
+    A user's reward gets a smoke test instead (`check_user_reward`)."""
     picked = [problems[i] for i in sorted(random.Random(cfg.seed).sample(range(len(problems)), min(sample, len(problems))))]
+    if cfg.reward not in BUILTIN:
+        check_user_reward(cfg.reward, grader, picked[:USER_REWARD_CHECKS])
+        return ""
     grades = grader.grade([(p.answer, "\\boxed{" + p.answer + "}") for p in picked])
     bad = [p for p, g in zip(picked, grades) if g.status == "bad_gold"]
     where = f"data.source {cfg.data.source}"
@@ -48,3 +55,19 @@ def check_golds(cfg: Config, grader: Grader, problems: list[Problem], sample: in
     if bad and len(bad) == len(picked):
         raise ConfigError(f"{where}: the grader cannot parse any of {len(picked)} sampled gold answers ({first})")
     return f"{where}: {len(bad)} of {len(picked)} sampled gold answers cannot be parsed by the grader ({first})" if bad else ""
+
+
+def check_user_reward(spec: str, grader: Grader, picked: list[Problem]) -> None:
+    """Run the user's reward on a few records with `\\boxed{gold}` as the completion, one at a time: loading it
+    fails in one line (the grader's start), the first timeout stops the check in one line, and so does a
+    failure on every record. Other failures are told by the grader, once per kind."""
+    grades = []
+    for p in picked:
+        g = grader.grade([(problem_dict(p), "\\boxed{" + p.answer + "}")])[0]
+        if g.status == "timeout":
+            raise ConfigError(f"reward {spec} {g.detail} on record {p.id!r} (checked before the run with \\boxed{{gold}} as "
+                              f"the completion): a reward must return within the grader's {grader.timeout_s:g} s")
+        grades.append(g)
+    if grades and all(g.status == "error" for g in grades):
+        raise ConfigError(f"reward {spec} failed on all {len(grades)} records it was checked on (\\boxed{{gold}} as the "
+                          f"completion); first, record {picked[0].id!r}: {grades[0].detail}")
