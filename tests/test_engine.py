@@ -166,6 +166,21 @@ def test_startup_leaves_global_state(engine):
     assert torch.get_num_threads() == n
 
 
+def test_no_rendezvous_file_outlives_start_up(engine):
+    """vLLM's one-process rendezvous file (a torch FileStore in $TMPDIR) is gone once the engine is up, with
+    the private directory it was made in: a killed run leaves nothing in /tmp (issue 24 §3)."""
+    from torch.distributed import FileStore
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    store = _get_default_store()
+    store = getattr(store, "underlying_store", store)
+    assert isinstance(store, FileStore)
+    path = Path(store.path)
+    assert path.name.startswith("vllm_dist_") and path.parent.name.startswith("intro-lite-vllm-")
+    assert not path.exists() and not path.parent.exists()
+    engine.generate([[1, 2, 3]], n=1, temperature=1.0, max_new_tokens=2, seed=0)  # and the engine still works
+
+
 def test_generate_shapes(engine):
     engine.set_adapter(None)
     t0 = time.perf_counter()

@@ -19,7 +19,8 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # before vLLM is i
 
 from intro_lite.rollout.lora_merge import adapter_deltas, read_base_weights, write_merged  # noqa: E402
 from intro_lite.rollout.lora_rules import supported_max_lora_rank  # noqa: E402
-from intro_lite.rollout.vllm_patches import keep_parallel_groups, preserve_global_state, torch_threads  # noqa: E402
+from intro_lite.rollout.vllm_patches import (  # noqa: E402
+    keep_parallel_groups, preserve_global_state, private_rendezvous_file, torch_threads)
 
 __all__ = ["Sample", "RolloutEngine"]
 
@@ -163,7 +164,7 @@ class RolloutEngine:
             generate_threads = torch.get_num_threads() if passive else 1
         self.generate_threads = generate_threads
         self.llm = None
-        with preserve_global_state(), torch_threads(self.generate_threads):
+        with preserve_global_state(), torch_threads(self.generate_threads), private_rendezvous_file():
             self.llm = LLM(**kwargs)
         RolloutEngine._live_engines += 1
         self._next_lora_id = 1

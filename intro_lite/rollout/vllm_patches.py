@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from pathlib import Path
 
 
 def _torch_set_num_threads():
@@ -69,3 +70,24 @@ def preserve_global_state():
         torch.set_rng_state(torch_state)
         if np is not None:
             np.random.set_state(np_state)
+
+
+@contextlib.contextmanager
+def private_rendezvous_file():
+    """vLLM's one-process rendezvous is a torch FileStore at $TMPDIR/vllm_dist_<uuid>, removed only by a clean
+    shutdown, so every killed run left one in /tmp. Build the engine with a private temp dir, then remove the
+    file once the engine is up: only vLLM's start-up uses the store, and torch's FileStore destructor returns
+    early when its file is gone."""
+    import shutil
+    import tempfile
+
+    private = tempfile.mkdtemp(prefix="intro-lite-vllm-")
+    saved, tempfile.tempdir = tempfile.tempdir, private
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
+        for leftover in Path(private).glob("vllm_dist_*"):
+            leftover.unlink(missing_ok=True)
+        if not any(Path(private).iterdir()):
+            shutil.rmtree(private, ignore_errors=True)
