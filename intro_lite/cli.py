@@ -205,8 +205,9 @@ def eval_(
         for ok, msg in checks:
             if not ok:
                 _fail(msg)
-        settings.k = ev.resolve_k(settings.benchmarks, samples, overrides, settings.fields)
+        # The models first: a missing one is one line before any benchmark is built (a cold tiny one takes minutes).
         targets = resolve_targets(paths, model, list(adapter), warn=_warn)
+        settings.k = ev.resolve_k(settings.benchmarks, samples, overrides, settings.fields)
         out = out or Path("runs/eval") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         from intro_lite.io import check_output_dir
 

@@ -296,3 +296,13 @@ def test_eval_of_a_run_dir_whose_reward_is_code_asks_for_trust_first(tmp_path):
     result = CliRunner().invoke(app, ["eval", str(run), "--out", str(tmp_path / "e"), "--trust-reward-code"],
                                 env={"COLUMNS": "300"})
     assert "--trust-reward-code" not in result.output and result.exit_code == 2, result.output
+
+
+def test_a_missing_model_is_named_before_any_benchmark_is_built(tmp_path, monkeypatch):
+    # On a cold cache the tiny benchmark took minutes to build before the missing model was named (issue 24 §5).
+    monkeypatch.setenv("INTRO_LITE_CACHE", str(tmp_path / "cold-cache"))
+    result = CliRunner().invoke(app, ["eval", "--model", str(tmp_path / "no-such-model"), "--benchmarks", "tiny-choice",
+                                      "--out", str(tmp_path / "e")], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert "no-such-model: cannot read the base model's config" in result.output
+    assert not (tmp_path / "cold-cache").exists() or not any((tmp_path / "cold-cache").iterdir())

@@ -38,6 +38,10 @@ def resolve_targets(runs: list[Path], model: str | None, adapters: list[Path], w
         targets.append(Target(label, base, base_path, str(adapter), str(path) if adapter != path else None))
     if not targets:
         raise ConfigError("nothing to evaluate: give --model, a run directory, or --adapter")
+    from intro_lite.policy import base_model_config
+
+    for base_path in dict.fromkeys(t.model_path for t in targets):
+        base_model_config(base_path)  # a missing or unreadable base: one line now, not after the benchmarks load
     seen: dict[str, int] = {}
     for t in targets:  # unique row names
         seen[t.label] = seen.get(t.label, 0) + 1
