@@ -110,3 +110,55 @@ def test_presets_are_the_two_ends_of_the_dial_with_1000_test_problems():
     assert choice.task.n_test >= 1000 and blind.task.n_test >= 1000
     assert len({choice.fingerprint(), blind.fingerprint(), tiny.PRESETS["default"].fingerprint()}) == 3
     assert tiny.PRESETS["default"].task.kind == "arith"
+
+
+# -- tiny-choice_styles: a length dimension on the choice task (issue 25) ------------------------------
+
+from intro_lite.tiny.choice import STYLES, backtracks, format_solution, style_of  # noqa: E402
+
+SHARES = (0.5, 0.3, 0.2)
+
+
+def test_styles_write_the_same_branch_and_answer_at_three_lengths():
+    texts = {s: format_solution("a", 23, 17, s, slip=-10) for s in STYLES}
+    assert texts["concise"] == "Use a = 23. 23+17=40. The answer is \\boxed{40}."
+    assert texts["backtrack"] == "Use a = 23. 23+17=30. Wait, 23+17=40. The answer is \\boxed{40}."
+    p = "Let a = 23 and b = 61. What is a + 17?"
+    for s, text in texts.items():
+        assert extract_boxed(text) == "40" and branch_of(p, text) == "right" and style_of(text) == s
+        assert backtracks(text) == (s == "backtrack")
+    assert len(texts["concise"]) < len(texts["backtrack"]) < len(texts["verbose"])
+    assert style_of("23+17=40.") is None
+
+
+def test_styles_come_in_the_stated_shares_independent_of_branch_and_hint():
+    records = _records(reveal=1.0, wrong_rate=0.5, styles=SHARES)["train"]
+    examples = warmup_examples(records, hint_fraction=0.5, seed=0)
+    for r, ex in zip(records, examples):
+        branch, style = r["style"].split("-")
+        assert style_of(r["warmup_solution"]) == style == r["writing_style"] and ex["solution"] == r["warmup_solution"]
+        assert branch_of(r["problem"], r["warmup_solution"]) == branch
+        assert extract_boxed(r["warmup_solution"]) == r["warmup_answer"]
+        assert style_of(r["solution"]) == "concise"  # the gold (SFT's target) stays concise
+    # Each style's share within every (branch, hinted) cell is its stated share: binomial, 4 SE.
+    for branch in ("right", "wrong"):
+        for hinted in (False, True):
+            cell = [r for r, ex in zip(records, examples) if r["style"].startswith(branch) and ex["hinted"] == hinted]
+            for style, share in zip(STYLES, SHARES):
+                got = sum(r["writing_style"] == style for r in cell) / len(cell)
+                assert abs(got - share) < 4 * math.sqrt(share * (1 - share) / len(cell)), (branch, hinted, style, got)
+
+
+def test_styles_leave_the_plain_choice_task_as_it_was():
+    plain, styled = _records(reveal=1.0), _records(reveal=1.0, styles=SHARES)
+    keep = ("problem", "solution", "answer", "unique_id", "regime", "warmup_answer")
+    assert [{k: r[k] for k in keep} for r in plain["train"]] == [{k: r[k] for k in keep} for r in styled["train"]]
+    assert all("writing_style" not in r and style_of(r["warmup_solution"]) == "concise" for r in plain["train"])
+    # The existing presets' cache keys (sha256 of their parameters, the cache dirs' names before `styles`
+    # existed) do not see the new field; the new preset gets its own.
+    assert {n: tiny.PRESETS[n].fingerprint() for n in ("default", "choice", "choice_blind")} == {
+        "default": "88dbf85df11a", "choice": "ac963b67fc45", "choice_blind": "764b16609893"}
+    assert tiny.PRESETS["choice_styles"].fingerprint() not in {p.fingerprint() for n, p in tiny.PRESETS.items()
+                                                               if n != "choice_styles"}
+    with pytest.raises(ValueError, match="styles"):
+        _records(styles=(0.5, 0.5, 0.5))

@@ -27,7 +27,7 @@ TRAIN_SETS: dict[str, str] = {
 
 # The embedded demo's presets (intro_lite/tiny/assets.py PRESETS; a test keeps the two equal), named here
 # so that a config naming one that does not exist fails when it loads, without importing the builder.
-TINY_PRESETS = ("default", "choice", "choice_blind", "test")
+TINY_PRESETS = ("default", "choice", "choice_blind", "choice_styles", "test")
 
 
 def tiny_preset(name: str) -> str:

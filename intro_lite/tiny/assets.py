@@ -40,6 +40,8 @@ class TinyBuildConfig:
         if self.task.kind == "arith":  # the choice keys came later: arith caches keep their hash
             for key in ("kind", "wrong_rate", "reveal"):
                 del params["task"][key]
+        if tuple(self.task.styles) == TaskConfig.styles:  # styles came later still: the others keep their hash
+            del params["task"]["styles"]
         blob = json.dumps({"builder": BUILDER_VERSION, **params}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -55,6 +57,11 @@ PRESETS: dict[str, TinyBuildConfig] = {
     # 4 of 4 (two warm-up seeds at each end; docs/tiny.md).
     "choice": TinyBuildConfig(task=TaskConfig(kind="choice", reveal=1.0, n_test=1000), warmup=CHOICE_WARMUP),
     "choice_blind": TinyBuildConfig(task=TaskConfig(kind="choice", reveal=0.0, n_test=1000), warmup=CHOICE_WARMUP),
+    # The choice task with a length dimension (issue 25): the warm-up demos are a third each concise,
+    # verbose (the same steps, restated) and backtracking (a wrong sum, "Wait,", the right one), so
+    # the policy's length can move both ways while the branch stays what reward can fix.
+    "choice_styles": TinyBuildConfig(task=TaskConfig(kind="choice", reveal=1.0, n_test=1000, styles=(1 / 3, 1 / 3, 1 / 3)),
+                                     warmup=CHOICE_WARMUP),
     # For the test-suite: same architecture family and file layout, near-zero accuracy.
     # Kept to a handful of optimiser steps because on a shared 2-core box a 2-thread
     # torch step can run ~10x slower while another process holds a core.

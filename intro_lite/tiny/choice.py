@@ -31,6 +31,12 @@ from typing import Any
 from intro_lite.tiny.splits import unique_splits
 
 VARS = ("a", "b")
+# The warm-up demos' styles (TaskConfig.styles gives their shares), all with the same branch and answer:
+#   concise    Use a = 23. 23+17=40. The answer is \boxed{40}.
+#   verbose    Use a = 23. We add 17 to a, which is 23. 23+17=40. So a + 17 is 40. The answer is \boxed{40}.
+#   backtrack  Use a = 23. 23+17=41. Wait, 23+17=40. The answer is \boxed{40}.
+STYLES = ("concise", "verbose", "backtrack")
+BACKTRACK_MARKER = "Wait,"
 
 
 def sample_values(rng: random.Random, separated: bool) -> tuple[int, int, int]:
@@ -42,8 +48,31 @@ def sample_values(rng: random.Random, separated: bool) -> tuple[int, int, int]:
     return rng.randint(10, 99 - k), rng.randint(10, 99 - k), k
 
 
-def format_solution(var: str, value: int, k: int) -> str:
-    return f"Use {var} = {value}. {value}+{k}={value + k}. The answer is \\boxed{{{value + k}}}."
+def format_solution(var: str, value: int, k: int, style: str = "concise", slip: int = 1) -> str:
+    """A rationale in `style`; `slip` is the backtracking style's error in its first sum."""
+    total = value + k
+    answer = f"The answer is \\boxed{{{total}}}."
+    if style == "concise":
+        return f"Use {var} = {value}. {value}+{k}={total}. {answer}"
+    if style == "verbose":
+        return f"Use {var} = {value}. We add {k} to {var}, which is {value}. {value}+{k}={total}. So {var} + {k} is {total}. {answer}"
+    if style == "backtrack":
+        return f"Use {var} = {value}. {value}+{k}={total + slip}. {BACKTRACK_MARKER} {value}+{k}={total}. {answer}"
+    raise ValueError(f"unknown style {style!r}; choose one of {STYLES}")
+
+
+def style_of(rationale: str) -> str | None:
+    """The style a rationale is written in (backtracking wins over verbose), None if it is none of them."""
+    if BACKTRACK_MARKER in rationale:
+        return "backtrack"
+    if " We add " in rationale:
+        return "verbose"
+    return "concise" if rationale.lstrip().startswith("Use ") else None
+
+
+def backtracks(rationale: str) -> int:
+    """How many times a rationale takes a step back (the backtracking style's marker)."""
+    return rationale.count(BACKTRACK_MARKER)
 
 
 def generate_choice_records(cfg: Any) -> dict[str, list[dict[str, str]]]:
@@ -51,6 +80,11 @@ def generate_choice_records(cfg: Any) -> dict[str, list[dict[str, str]]]:
     if not 0.0 <= cfg.wrong_rate <= 1.0 or not 0.0 <= cfg.reveal <= 1.0:
         raise ValueError(f"wrong_rate and reveal must be in [0, 1], got {cfg.wrong_rate}, {cfg.reveal}")
     rng = random.Random(f"tiny-choice-{cfg.seed}")
+    styled = tuple(cfg.styles) != (1.0, 0.0, 0.0)
+    if len(cfg.styles) != len(STYLES) or min(cfg.styles) < 0 or abs(sum(cfg.styles) - 1) > 1e-9:
+        raise ValueError(f"styles must be {len(STYLES)} shares of {STYLES} summing to 1, got {cfg.styles}")
+    # Its own stream: the default (all concise) draws nothing, so tiny-choice's records stay as they were.
+    style_rng = random.Random(f"tiny-choice-styles-{cfg.seed}")
 
     def draw():
         separated = rng.random() < cfg.reveal
@@ -63,7 +97,8 @@ def generate_choice_records(cfg: Any) -> dict[str, list[dict[str, str]]]:
         def make(split: str, index: int) -> dict[str, str]:
             wrong = rng.random() < cfg.wrong_rate  # the warm-up demo's branch, independent of the problem
             demo_var = other if wrong else asked
-            return {
+            branch = "wrong" if wrong else "right"
+            record = {
                 "problem": problem,
                 "solution": format_solution(asked, asked_value, k),
                 "answer": str(asked_value + k),
@@ -71,11 +106,17 @@ def generate_choice_records(cfg: Any) -> dict[str, list[dict[str, str]]]:
                 "unique_id": f"tiny/{split}/{index}",
                 # "style" is the warm-up demo's branch: warmup_examples stratifies the hinted
                 # records by it, so being hinted never predicts the branch.
-                "style": "wrong" if wrong else "right",
+                "style": branch,
                 "regime": "separated" if separated else "same",
                 "warmup_solution": format_solution(demo_var, values[demo_var], k),
                 "warmup_answer": str(values[demo_var] + k),
             }
+            if styled:  # stratified by branch and writing style: the hint predicts neither
+                style = style_rng.choices(STYLES, weights=cfg.styles)[0]
+                slip = style_rng.choice((-10, -1, 1, 10))
+                record.update(style=f"{branch}-{style}", writing_style=style,
+                              warmup_solution=format_solution(demo_var, values[demo_var], k, style, slip))
+            return record
 
         return problem, make
 

@@ -59,6 +59,9 @@ class TaskConfig:
     kind: str = "arith"
     wrong_rate: float = 0.5
     reveal: float = 1.0
+    # The choice task's warm-up demos: shares of the (concise, verbose, backtracking) styles of
+    # intro_lite.tiny.choice.STYLES, drawn independently of the branch and of the hint.
+    styles: tuple[float, float, float] = (1.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
