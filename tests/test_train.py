@@ -155,6 +155,9 @@ def test_tiny_recipe_end_to_end(tiny_demo_assets, tmp_path):
     assert state["step"] == 2
     summary = json.loads((run / "eval_summary.json").read_text())
     assert summary["before"]["n_problems"] == 6 and summary["after"]["n_problems"] == 6
+    held_out = [json.loads(line) for line in (run / "eval_samples.jsonl").read_text().splitlines()]
+    assert len(held_out) == 6 and sum(r["correct"] for r in held_out) / 6 == summary["after"]["accuracy"]
+    assert sum(r["length"] for r in held_out) / 6 == pytest.approx(summary["after"]["mean_length"], rel=1e-12)
     base = AutoModelForCausalLM.from_pretrained(tiny_demo_assets.model_dir)
     model = PeftModel.from_pretrained(base, run / "final")
     assert any("lora_B" in n for n, _ in model.named_parameters())

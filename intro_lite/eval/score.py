@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from intro_lite.data.problems import Problem
 from intro_lite.grading import extract_boxed
+from intro_lite.rewards import problem_dict
 
 STATUSES = ("ok", "timeout", "no_answer", "bad_gold", "error")  # the grader's; no_answer = empty answer
 
@@ -35,7 +36,7 @@ def score(engine, grader, problems: list[Problem], prompt_ids: list[list[int]], 
     for start in range(0, len(problems), step):
         part = engine.generate(prompt_ids[start : start + step], n=k, temperature=temperature, top_p=top_p,
                                max_new_tokens=max_new_tokens, seed=seed + start * k)
-        golds = [p.answer for p in problems[start : start + step]]
+        golds = [problem_dict(p) for p in problems[start : start + step]]  # a reward function gets the whole record
         grades += grader.grade([(gold, s.text) for gold, group in zip(golds, part) for s in group])
         outs += part
         if on_progress:

@@ -18,7 +18,7 @@ from intro_lite.train import dist
 
 # Files a run writes into its directory; a fresh start under the same name removes the leftovers of
 # one that died before logging a step (e.g. its "before" eval), so they never mix with the new run's.
-RUN_FILES = ("eval.jsonl", "eval_summary.json", "warnings.log", "checkpoints", "adapters", "final")
+RUN_FILES = ("eval.jsonl", "eval_samples.jsonl", "eval_summary.json", "warnings.log", "checkpoints", "adapters", "final")
 
 
 def prepare_run_dir(cfg: Config, *, resume: bool = False) -> None:
