@@ -1,0 +1,131 @@
+"""Length, writing style and backtracking of held-out rationales, per method, from sweeps on tiny-choice_styles.
+
+    python scripts/style_counts.py runs/sweeps/toy-styles-baselines runs/sweeps/toy-styles-intro \
+        [--start runs/eval/styles-start] [--against grpo] [--plots docs/results/toy-styles]
+
+Reads each finished cell's RUN/eval_samples.jsonl (the final held-out eval's rationales) and eval.jsonl
+(held-out mean length at every eval). Per method, over seeds: accuracy, mean length (tokens), the share of
+each style (intro_lite.tiny.choice.style_of) and backtracks per rationale, each mean ± SE; then each
+method minus `--against`, paired by seed. `--start` is an `intro-lite eval` --out dir of the start model
+(its samples.jsonl), printed as the first row. Prints markdown; `--plots` writes length_vs_step.png and
+style_shares.png."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+from intro_lite.tiny.choice import STYLES, backtracks, style_of
+
+KEYS = ("accuracy", "length", *STYLES, "other", "backtracks")
+
+
+def mean_se(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan"))
+
+
+def measure(rows: list[dict]) -> dict[str, float]:
+    """Accuracy (%), mean length (tokens), style shares (%) and backtracks per rationale of graded rationales."""
+    n = len(rows)
+    styles = [style_of(r["completion"]) or "other" for r in rows]
+    out = {"accuracy": 100 * sum(r["correct"] for r in rows) / n, "length": sum(r["length"] for r in rows) / n,
+           "backtracks": sum(backtracks(r["completion"]) for r in rows) / n}
+    out.update({s: 100 * styles.count(s) / n for s in (*STYLES, "other")})
+    return out
+
+
+def method_of(cell: Path) -> str:
+    """The cell's name without its seed: "objective=intro,intro.teacher=ema"."""
+    return ",".join(p for p in cell.name.split(",") if not p.startswith("seed="))
+
+
+def load_cells(sweeps: list[Path]) -> dict[str, dict[int, dict]]:
+    """{method: {seed: {"final": measure(...), "lengths": [(step, mean_length), ...]}}} of finished cells."""
+    out: dict[str, dict[int, dict]] = {}
+    for sweep in sweeps:
+        for cell in sorted((sweep / "cells").iterdir()):
+            samples = cell / "eval_samples.jsonl"
+            if not (cell / "DONE").exists() or not samples.is_file():
+                continue
+            seed = int(next(p for p in cell.name.split(",") if p.startswith("seed=")).split("=")[1])
+            rows = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
+            evals = [json.loads(line) for line in (cell / "eval.jsonl").read_text().splitlines() if line.strip()]
+            out.setdefault(method_of(cell), {})[seed] = {
+                "final": measure(rows), "lengths": [(e["step"], e["mean_length"]) for e in evals]}
+    return out
+
+
+def fmt(m: float, se: float) -> str:
+    return f"{m:.1f} ± {se:.1f}" if se == se else f"{m:.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sweeps", nargs="+", type=Path)
+    ap.add_argument("--start", type=Path, help="`intro-lite eval --out` dir of the start model")
+    ap.add_argument("--against", default="objective=grpo", help="the method the paired differences are taken against")
+    ap.add_argument("--plots", type=Path, help="directory for length_vs_step.png and style_shares.png")
+    args = ap.parse_args()
+    cells = load_cells(args.sweeps)
+    if not cells:
+        raise SystemExit(f"no finished cell with eval_samples.jsonl under {', '.join(map(str, args.sweeps))}")
+    head = "| method | seeds | accuracy % | length (tokens) | " + " | ".join(f"{s} %" for s in STYLES) + " | other % | backtracks / rationale |"
+    print(head + "\n|" + "---|" * (len(KEYS) + 2))
+    if args.start:
+        rows = [json.loads(line) for line in (args.start / "samples.jsonl").read_text().splitlines() if line.strip()]
+        start = measure(rows)
+        print(f"| start ({len(rows)} rationales) | – | " + " | ".join(f"{start[k]:.{2 if k == 'backtracks' else 1}f}" for k in KEYS) + " |")
+    for method, seeds in cells.items():
+        cols = [mean_se([seeds[s]["final"][k] for s in seeds]) for k in KEYS]
+        print(f"| {method} | {len(seeds)} | " + " | ".join(fmt(*c) if k != "backtracks" else f"{c[0]:.2f} ± {c[1]:.2f}"
+                                                            for k, c in zip(KEYS, cols)) + " |")
+    against = next((m for m in cells if m == args.against), None)
+    if against:
+        print(f"\nPaired by seed, minus {against} (mean ± SE of the per-seed differences):\n")
+        print("| method | seeds | accuracy | length | " + " | ".join(STYLES) + " | other | backtracks |\n|" + "---|" * (len(KEYS) + 2))
+        for method, seeds in cells.items():
+            common = sorted(set(seeds) & set(cells[against]))
+            if method == against or len(common) < 2:
+                continue
+            diffs = [mean_se([seeds[s]["final"][k] - cells[against][s]["final"][k] for s in common]) for k in KEYS]
+            print(f"| {method} | {len(common)} | " + " | ".join(
+                (f"{m:+.1f} ± {se:.1f}" if k != "backtracks" else f"{m:+.2f} ± {se:.2f}") for k, (m, se) in zip(KEYS, diffs)) + " |")
+    if args.plots:
+        plot(cells, args.plots)
+
+
+def plot(cells: dict[str, dict[int, dict]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for method, seeds in cells.items():
+        steps = [s for s, _ in next(iter(seeds.values()))["lengths"]]
+        means = [statistics.fmean(dict(seeds[s]["lengths"]).get(step, float("nan")) for s in seeds) for step in steps]
+        ax.plot(steps, means, marker="o", label=method.replace("objective=", ""))
+    ax.set(xlabel="step", ylabel="held-out mean length (tokens)", title="Rationale length (mean over seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "length_vs_step.png", dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    methods = list(cells)
+    bottom = [0.0] * len(methods)
+    for style in (*STYLES, "other"):
+        share = [statistics.fmean(cells[m][s]["final"][style] for s in cells[m]) for m in methods]
+        ax.bar(range(len(methods)), share, bottom=bottom, label=style)
+        bottom = [b + x for b, x in zip(bottom, share)]
+    ax.set_xticks(range(len(methods)), [m.replace("objective=", "") for m in methods], rotation=30, ha="right", fontsize=7)
+    ax.set(ylabel="% of held-out rationales", title="Writing style at the end (mean over seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "style_shares.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
