@@ -1,6 +1,5 @@
 """`intro-lite doctor`: the memory estimate against hand-computed numbers, and the whole command on the test preset."""
 
-import copy
 import dataclasses
 import os
 import re
