@@ -1,7 +1,7 @@
 """Where a built tiny-choice model stands after its warm-up: accuracy, right-branch rate and
 arithmetic given the right branch, with plain x and with x ⊕ y, greedy and at T = 1 (HF generate).
 
-    python scripts/tiny_choice_table.py tiny-choice [--n 500] [--adapter RUN/final ...]
+    python scripts/tiny_choice_table.py tiny-choice [--n 500] [--adapter RUN/final ...]   # or tiny-choice_styles
 
 Prints the markdown table docs/tiny.md quotes. A sanity tool for the task's design, not an eval:
 the trainer's held-out score is `intro-lite eval`."""
@@ -16,24 +16,29 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from intro_lite.grading import extract_boxed
 from intro_lite.io import read_jsonl
 from intro_lite.tiny import generate_tiny, tiny_assets
-from intro_lite.tiny.choice import branch_of
+from intro_lite.tiny.choice import branch_of, style_of
 
 
-def table_row(model, tok, records, *, hinted: bool, greedy: bool, seed: int = 0) -> tuple[float, float, float]:
-    """(accuracy, right-branch rate, accuracy among right-branch rationales)."""
-    rows = generate_tiny(model, tok, records, max_new_tokens=48, greedy=greedy, batch_size=100, seed=seed, hinted=hinted)
+def table_row(model, tok, records, *, hinted: bool, greedy: bool, seed: int = 0) -> dict:
+    """Accuracy, right-branch rate, accuracy among right-branch rationales, mean length (tokens, eos included),
+    and per writing style (tiny-choice_styles) its share and its accuracy."""
+    rows = generate_tiny(model, tok, records, max_new_tokens=96, greedy=greedy, batch_size=100, seed=seed, hinted=hinted)
     acc = right = right_ok = 0
+    by_style: dict[str, list[bool]] = {}
     for r, row in zip(records, rows):
         text = tok.decode(row, skip_special_tokens=True)
         ok, branch = extract_boxed(text) == r["answer"], branch_of(r["problem"], text)
         acc, right, right_ok = acc + ok, right + (branch == "right"), right_ok + (ok and branch == "right")
+        by_style.setdefault(style_of(text) or "other", []).append(ok)
     n = len(records)
-    return acc / n, right / n, right_ok / max(right, 1)
+    styles = {s: (len(v) / n, sum(v) / len(v)) for s, v in by_style.items()}
+    return {"accuracy": acc / n, "right": right / n, "arith": right_ok / max(right, 1),
+            "length": sum(map(len, rows)) / n, "styles": styles}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("preset", help="tiny-choice or tiny-choice_blind")
+    ap.add_argument("preset", help="tiny-choice, tiny-choice_blind or tiny-choice_styles")
     ap.add_argument("--n", type=int, default=500, help="first N test problems")
     ap.add_argument("--adapter", nargs="*", default=[], help="LoRA adapter dirs (a run's final/): one table each")
     args = ap.parse_args()
@@ -50,11 +55,14 @@ def main() -> None:
             model = PeftModel.from_pretrained(model, adapter)
         model.eval()
         print(f"{args.preset}{f' + {adapter}' if adapter else ''}, first {len(records)} test problems\n")
-        print("| prompt | decoding | accuracy | right branch | arith given right branch |\n|---|---|---|---|---|")
+        print("| prompt | decoding | accuracy | right branch | arith given right branch | mean length | "
+              "styles: share (accuracy) |\n|---|---|---|---|---|---|---|")
         for hinted in (False, True):
             for greedy in (True, False):
-                a, r, g = table_row(model, tok, records, hinted=hinted, greedy=greedy)
-                print(f"| {'x⊕y' if hinted else 'x'} | {'greedy' if greedy else 'T = 1'} | {a:.1%} | {r:.1%} | {g:.1%} |")
+                t = table_row(model, tok, records, hinted=hinted, greedy=greedy)
+                styles = ", ".join(f"{s} {share:.1%} ({a:.1%})" for s, (share, a) in sorted(t["styles"].items()))
+                print(f"| {'x⊕y' if hinted else 'x'} | {'greedy' if greedy else 'T = 1'} | {t['accuracy']:.1%} | "
+                      f"{t['right']:.1%} | {t['arith']:.1%} | {t['length']:.1f} | {styles} |")
         print()
 
 
