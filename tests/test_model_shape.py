@@ -59,7 +59,8 @@ def test_scaled_shape_runs_one_step_without_vllm_or_bitsandbytes(tmp_path):
     for p in r["phases"]:
         assert p["seconds"] > 0 and p["peak_bytes"] >= p["start_bytes"] > 0
     assert [t["term"] for t in r["terms"]] == ["vLLM base weights", "trainer base weights", "vLLM KV cache",
-                                               "activations", "logits", "LoRA weights + grads + AdamW"]
+                                               "activations", "logits", "LoRA weights + grads + AdamW",
+                                               "teacher's LoRA copy"]  # the recipe's ema teacher (not exercised here)
     measured = {t["term"]: t for t in r["terms"] if t["measured_bytes"] is not None}
     assert set(measured) == {"trainer base weights", "activations", "logits", "LoRA weights + grads + AdamW"}
     for t in measured.values():

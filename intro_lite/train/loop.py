@@ -143,13 +143,15 @@ def _open_run(cfg: Config, model_path: str, grader: Grader, *, resume: bool):
     report = LoadReport()
     data = load_problems(cfg.data, report=report)  # bad data fails here, before anything is written
     told: list[str] = []  # the user's reward failing, once per kind: on the terminal and in warnings.log
-    grader.failures, grader.on_failure = {}, told.append
-    gold_note = "" if needs.gold_solution else check_golds(cfg, grader, data)  # SFT grades nothing
+    if not needs.gold_solution:  # SFT grades nothing
+        grader.failures, grader.on_failure = {}, told.append
+    gold_note = "" if needs.gold_solution else check_golds(cfg, grader, data)
     prepare_run_dir(cfg, resume=resume)
     notes = Notes(cfg.run_dir)
     for note in (report.summary(), gold_note, *told):
         notes(note)
-    grader.on_failure = notes
+    if not needs.gold_solution:
+        grader.on_failure = notes
     # Rank 0 picks the checkpoint (and warns about the ones it skips); every rank resumes from it.
     ckpt = dist.broadcast_object(latest_checkpoint(cfg, notes) if resume and dist.is_main() else None)
     if ckpt is not None:
