@@ -20,8 +20,11 @@ RUN = (*TEST_PRESET, "--set", "train.steps=4", "--set", "train.checkpoint_every=
 def _start(tmp_path, name, *extra, env=None, resume=False):
     cmd = [sys.executable, "-m", "intro_lite.cli", "train", "recipes/tiny.toml", "--no-progress", "--output", str(tmp_path),
            "--name", name, *RUN, *extra, *(["--resume"] if resume else [])]
+    # SIGINT as a terminal delivers it: a suite started as a background job (`cmd &`) ignores SIGINT, and
+    # that disposition would pass to the run, which would then sleep through the test's Ctrl-C.
     return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "VLLM_LOGGING_LEVEL": "ERROR", **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_steps(run: Path, n: int, proc, timeout=300):
