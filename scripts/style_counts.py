@@ -18,22 +18,34 @@ import math
 import statistics
 from pathlib import Path
 
-from intro_lite.tiny.choice import STYLES, backtracks, style_of
+from intro_lite.tiny.choice import STYLES, backtracks, branch_of, style_of
 
 KEYS = ("accuracy", "length", *STYLES, "other", "backtracks")
+# Why a style's share moves under an outcome reward: how often each style is right, and the branch choice.
+WITHIN = tuple(f"accuracy of {s}" for s in STYLES) + ("right branch",)
 
 
 def mean_se(xs: list[float]) -> tuple[float, float]:
+    if not xs:
+        return float("nan"), float("nan")
     return statistics.fmean(xs), (statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan"))
 
 
-def measure(rows: list[dict]) -> dict[str, float]:
-    """Accuracy (%), mean length (tokens), style shares (%) and backtracks per rationale of graded rationales."""
+def measure(rows: list[dict], prompts: dict[str, str] | None = None) -> dict[str, float]:
+    """Accuracy (%), mean length (tokens), style shares (%) and backtracks per rationale of graded rationales;
+    the accuracy within each style (%, nan if none) and, given each problem's prompt by id, the share (%)
+    that takes the right branch."""
     n = len(rows)
     styles = [style_of(r["completion"]) or "other" for r in rows]
     out = {"accuracy": 100 * sum(r["correct"] for r in rows) / n, "length": sum(r["length"] for r in rows) / n,
            "backtracks": sum(backtracks(r["completion"]) for r in rows) / n}
     out.update({s: 100 * styles.count(s) / n for s in (*STYLES, "other")})
+    for s in STYLES:
+        hits = [r["correct"] for r, t in zip(rows, styles) if t == s]
+        out[f"accuracy of {s}"] = 100 * sum(hits) / len(hits) if hits else float("nan")
+    prompts = prompts or {}
+    branches = [branch_of(prompts[r["id"]], r["completion"]) for r in rows if r["id"] in prompts]
+    out["right branch"] = 100 * branches.count("right") / len(branches) if branches else float("nan")
     return out
 
 
@@ -42,7 +54,7 @@ def method_of(cell: Path) -> str:
     return ",".join(p for p in cell.name.split(",") if not p.startswith("seed="))
 
 
-def load_cells(sweeps: list[Path]) -> dict[str, dict[int, dict]]:
+def load_cells(sweeps: list[Path], prompts: dict[str, str] | None = None) -> dict[str, dict[int, dict]]:
     """{method: {seed: {"final": measure(...), "lengths": [(step, mean_length), ...]}}} of finished cells."""
     out: dict[str, dict[int, dict]] = {}
     for sweep in sweeps:
@@ -54,7 +66,7 @@ def load_cells(sweeps: list[Path]) -> dict[str, dict[int, dict]]:
             rows = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
             evals = [json.loads(line) for line in (cell / "eval.jsonl").read_text().splitlines() if line.strip()]
             out.setdefault(method_of(cell), {})[seed] = {
-                "final": measure(rows), "lengths": [(e["step"], e["mean_length"]) for e in evals]}
+                "final": measure(rows, prompts), "lengths": [(e["step"], e["mean_length"]) for e in evals]}
     return out
 
 
@@ -69,19 +81,28 @@ def main() -> None:
     ap.add_argument("--against", default="objective=grpo", help="the method the paired differences are taken against")
     ap.add_argument("--plots", type=Path, help="directory for length_vs_step.png and style_shares.png")
     args = ap.parse_args()
-    cells = load_cells(args.sweeps)
+    start_rows = ([json.loads(line) for line in (args.start / "samples.jsonl").read_text().splitlines() if line.strip()]
+                  if args.start else [])
+    prompts = {r["id"]: r["prompt"] for r in start_rows}  # the training evals store no prompt; same problems
+    cells = load_cells(args.sweeps, prompts)
     if not cells:
         raise SystemExit(f"no finished cell with eval_samples.jsonl under {', '.join(map(str, args.sweeps))}")
     head = "| method | seeds | accuracy % | length (tokens) | " + " | ".join(f"{s} %" for s in STYLES) + " | other % | backtracks / rationale |"
     print(head + "\n|" + "---|" * (len(KEYS) + 2))
-    if args.start:
-        rows = [json.loads(line) for line in (args.start / "samples.jsonl").read_text().splitlines() if line.strip()]
-        start = measure(rows)
-        print(f"| start ({len(rows)} rationales) | – | " + " | ".join(f"{start[k]:.{2 if k == 'backtracks' else 1}f}" for k in KEYS) + " |")
+    start = measure(start_rows, prompts) if start_rows else None
+    if start:
+        print(f"| start ({len(start_rows)} rationales) | – | " + " | ".join(f"{start[k]:.{2 if k == 'backtracks' else 1}f}" for k in KEYS) + " |")
     for method, seeds in cells.items():
         cols = [mean_se([seeds[s]["final"][k] for s in seeds]) for k in KEYS]
         print(f"| {method} | {len(seeds)} | " + " | ".join(fmt(*c) if k != "backtracks" else f"{c[0]:.2f} ± {c[1]:.2f}"
                                                             for k, c in zip(KEYS, cols)) + " |")
+    print("\nAccuracy within each style (%) and the share taking the right branch (%):\n")
+    print("| method | " + " | ".join(WITHIN) + " |\n|" + "---|" * (len(WITHIN) + 1))
+    if start:
+        print("| start | " + " | ".join(f"{start[k]:.1f}" for k in WITHIN) + " |")
+    for method, seeds in cells.items():
+        cols = [mean_se([v for s in seeds if (v := seeds[s]["final"][k]) == v]) for k in WITHIN]
+        print(f"| {method} | " + " | ".join(fmt(*c) for c in cols) + " |")
     against = next((m for m in cells if m == args.against), None)
     if against:
         print(f"\nPaired by seed, minus {against} (mean ± SE of the per-seed differences):\n")
