@@ -1,6 +1,7 @@
 """Which writing style does each method's own per-token signal favour? (docs/results/toy-styles, rule 6)
 
     python scripts/style_signals.py [--adapter RUN/final] [--limit 64] [--out FILE.json]
+    python scripts/style_signals.py --samples RUN [RUN ...]     # InTRO runs: w on their own rollouts
 
 On `tiny-choice_styles` problems of the training split, writes the right-branch rationale of every
 problem in each style (intro_lite.tiny.choice.format_solution: concise, verbose, backtracking; all
@@ -19,7 +20,12 @@ Per style: tokens, log p(z | x) (how likely the model writes it), and each signa
 rationale ("mass", what the surrogate's token sum pushes onto the sequence, in units of one token's
 outcome advantage) and at the style's own token (where it leaves the concise rationale: " We" for
 verbose, the slipped digit for backtracking; concise's own is the token verbose replaces). Means over
-problems with their SE. Prints markdown; `--out` also writes the numbers as JSON."""
+problems with their SE. Prints markdown; `--out` also writes the numbers as JSON.
+
+`--samples` reads InTRO runs' samples.jsonl instead (the w of every trained rollout token, as `intro-lite
+show` colours it) and gives the mean |log w| at three places of each rationale: the branch (the variable
+after "Use"), the style (the token after the first sentence: " We" for verbose, " " before the sum
+otherwise) and the first sum's result digits, beside the mean over all tokens."""
 
 from __future__ import annotations
 
@@ -71,13 +77,51 @@ def mean_se(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), statistics.stdev(xs) / math.sqrt(len(xs))
 
 
+def places(tokens: list[str]) -> dict[str, list[int]] | None:
+    """Token positions of the branch, the style decision and the first sum's result in a rollout, None if
+    it is not of the task's shape ("Use v = N. [We ...] A+B=R. ...")."""
+    text, ends = "", []
+    for t in tokens:
+        text += t
+        ends.append(len(text))
+    first = next((i for i, t in enumerate(tokens) if "." in t), None)
+    eq = text.find("=", text.find("+"))
+    if first is None or first + 1 >= len(tokens) or len(tokens) < 2 or eq < 0:
+        return None
+    if " We" in tokens[first + 1]:  # verbose: the result is that of the sum after "which is N."
+        eq = text.find("=", text.find("+", text.find("which is")))
+    stop = text.find(".", eq)
+    result = [i for i, e in enumerate(ends) if eq < e - 1 < stop and tokens[i].strip().isdigit()]
+    return {"branch": [1], "style": [first + 1], "result": result}
+
+
+def from_samples(runs: list[Path]) -> None:
+    acc: dict[str, list[float]] = {"all tokens": [], "branch": [], "style": [], "result": []}
+    for run in runs:
+        for line in (run / "samples.jsonl").read_text().splitlines():
+            r = json.loads(line) if line.strip() else {}
+            if not r.get("w") or not (at := places(r["tokens"])):
+                continue
+            logw = [abs(math.log(max(w, 1e-12))) for w in r["w"]]
+            acc["all tokens"].append(statistics.fmean(logw))
+            for name, idx in at.items():
+                acc[name].extend(logw[i] for i in idx)
+    print(f"InTRO's w on its own trained rollouts ({len(acc['all tokens'])} rationales of {len(runs)} runs)\n")
+    print("| place | tokens | mean abs(log w) |\n|---|---|---|")
+    for name, xs in acc.items():
+        print(f"| {name} | {len(xs)} | " + ("%.4f ± %.4f" % mean_se(xs) if len(xs) > 1 else "–") + " |")
+
+
 @torch.no_grad()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--adapter", help="a trained LoRA adapter dir (default: the start model)")
     ap.add_argument("--limit", type=int, default=64, help="problems of the training split")
     ap.add_argument("--out", type=Path, help="also write the numbers here (JSON)")
+    ap.add_argument("--samples", type=Path, nargs="+", help="InTRO run dirs: w on their own rollouts instead")
     args = ap.parse_args()
+    if args.samples:
+        return from_samples(args.samples)
     sets = SETS + ([f"lora.init_adapter={args.adapter}"] if args.adapter else [])
     cfg = load_config(RECIPE, sets)
     model, tok = load_policy(cfg, resolve_model_path(cfg.model.name_or_path))
