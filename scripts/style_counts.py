@@ -22,6 +22,7 @@ from intro_lite.tiny.choice import STYLES, backtracks, branch_of, style_of
 
 KEYS = ("accuracy", "length", *STYLES, "other", "backtracks")
 # Why a style's share moves under an outcome reward: how often each style is right, and the branch choice.
+ORDER = ("grpo", "dr_grpo", "raft++", "iapo", "repro", "intro")  # the design's order, for tables and plots
 WITHIN = tuple(f"accuracy of {s}" for s in STYLES) + ("right branch",)
 
 
@@ -67,7 +68,11 @@ def load_cells(sweeps: list[Path], prompts: dict[str, str] | None = None) -> dic
             evals = [json.loads(line) for line in (cell / "eval.jsonl").read_text().splitlines() if line.strip()]
             out.setdefault(method_of(cell), {})[seed] = {
                 "final": measure(rows, prompts), "lengths": [(e["step"], e["mean_length"]) for e in evals]}
-    return out
+
+    def rank(method: str) -> tuple[int, str]:
+        objective = method.split(",")[0].removeprefix("objective=")
+        return (ORDER.index(objective) if objective in ORDER else len(ORDER), method)
+    return dict(sorted(out.items(), key=lambda kv: rank(kv[0])))
 
 
 def fmt(m: float, se: float) -> str:
@@ -115,10 +120,10 @@ def main() -> None:
             print(f"| {method} | {len(common)} | " + " | ".join(
                 (f"{m:+.1f} ± {se:.1f}" if k != "backtracks" else f"{m:+.2f} ± {se:.2f}") for k, (m, se) in zip(KEYS, diffs)) + " |")
     if args.plots:
-        plot(cells, args.plots)
+        plot(cells, args.plots, start)
 
 
-def plot(cells: dict[str, dict[int, dict]], out: Path) -> None:
+def plot(cells: dict[str, dict[int, dict]], out: Path, start: dict[str, float] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,15 +140,16 @@ def plot(cells: dict[str, dict[int, dict]], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "length_vs_step.png", dpi=120)
     fig, ax = plt.subplots(figsize=(7, 4))
-    methods = list(cells)
+    finals = ({"start": [start]} if start else {}) | {m: [cells[m][s]["final"] for s in cells[m]] for m in cells}
+    methods = list(finals)
     bottom = [0.0] * len(methods)
     for style in (*STYLES, "other"):
-        share = [statistics.fmean(cells[m][s]["final"][style] for s in cells[m]) for m in methods]
+        share = [statistics.fmean(f[style] for f in finals[m]) for m in methods]
         ax.bar(range(len(methods)), share, bottom=bottom, label=style)
         bottom = [b + x for b, x in zip(bottom, share)]
     ax.set_xticks(range(len(methods)), [m.replace("objective=", "") for m in methods], rotation=30, ha="right", fontsize=7)
     ax.set(ylabel="% of held-out rationales", title="Writing style at the end (mean over seeds)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(out / "style_shares.png", dpi=120)
 
