@@ -30,7 +30,6 @@ otherwise) and the first sum's result digits, beside the mean over all tokens.""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import re
@@ -45,9 +44,9 @@ from intro_lite.data.problems import PromptSampler, load_problems
 from intro_lite.forward import suffix_logits
 from intro_lite.io import write_atomic
 from intro_lite.objectives.base import PassContext, Row
-from intro_lite.objectives.iapo import IapoConfig, iapo_token_advantages
-from intro_lite.objectives.repro import (ReproConfig, normalise_within_groups, prefix_scores, repro_point_scores,
-                                         repro_process_rewards, reverse_cumsum)
+from intro_lite.objectives.iapo import iapo_token_advantages
+from intro_lite.objectives.repro import (normalise_within_groups, prefix_scores, repro_point_scores, repro_process_rewards,
+                                         reverse_cumsum)
 from intro_lite.policy import load_policy
 from intro_lite.tiny.assets import resolve_model_path
 from intro_lite.tiny.choice import STYLES, format_solution
@@ -129,7 +128,7 @@ def main() -> None:
     problems, x_ids, xy_ids = tokenize_problems(cfg, tok, load_problems(cfg.data))
     logits_fn = partial(suffix_logits, model, pad_id=tok.pad_token_id)
     ctx = PassContext(tokenizer=tok, problems=problems, logits=logits_fn)
-    iapo, repro = IapoConfig(), dataclasses.replace(ReproConfig(), boundary_markers=list(cfg.repro.boundary_markers))
+    iapo, repro = cfg.iapo, cfg.repro  # the typed settings the study's cells ran with
     rows: dict[str, dict[str, list[float]]] = {s: {} for s in STYLES}
 
     def add(style: str, key: str, value: float) -> None:
