@@ -21,8 +21,8 @@ from pathlib import Path
 from intro_lite.tiny.choice import STYLES, backtracks, branch_of, style_of
 
 KEYS = ("accuracy", "length", *STYLES, "other", "backtracks")
-# Why a style's share moves under an outcome reward: how often each style is right, and the branch choice.
 ORDER = ("grpo", "dr_grpo", "raft++", "iapo", "repro", "intro")  # the design's order, for tables and plots
+# Why a style's share moves under an outcome reward: how often each style is right, and the branch choice.
 WITHIN = tuple(f"accuracy of {s}" for s in STYLES) + ("right branch",)
 
 
